@@ -188,9 +188,9 @@ class _Lun:
 class Engine:
     """The whole engine; one per daemon (one seq counter for all LUNs)."""
 
-    def __init__(self, first_seq: int = 0) -> None:
+    def __init__(self, first_seq: int = 0, first_cut: int = 1) -> None:
         self._next_seq = first_seq
-        self._next_cut = 1
+        self._next_cut = first_cut
         self._luns: dict[str, _Lun] = {}
         self.cuts: dict[int, Cut] = {}
 

@@ -1,0 +1,165 @@
+"""The catalog: what the state directory holds, rebuilt from the journal.
+
+Layout of a state directory::
+
+    STATE/journal                      the fsync'd step log (see journal.py)
+    STATE/control.sock                 the daemon's control socket (0600)
+    STATE/daemon.lock                  held by the running daemon
+    STATE/luns/NAME/vol-000000.img     generation 0 of LUN NAME, then 000001, ...
+
+Journal records (``op``): ``lun`` (a LUN was created), ``cut`` (a preserve began: T and
+the new generation of every LUN of the group), ``commit`` (all its clones were made),
+``abort`` (it was rolled back), ``freeze`` (a generation drained), ``damaged`` (a pre-cut
+write failed to reach a clone). :func:`replay` folds them into :class:`Catalog`;
+:meth:`Catalog.recovery` says what a restart must do to be consistent (rule 9): a cut
+begun but never committed is rolled back, a committed one stays, and a superseded
+generation no command can reach any more is frozen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import UserError
+from .preserve import VolumeState
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+BLOCK_SIZE = 512
+
+
+def check_lun_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UserError(
+            f"bad LUN name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass
+class GenerationRecord:
+    index: int
+    cut_seq: int
+    cut_id: int | None
+    state: VolumeState
+    time: str | None = None
+    damaged: bool = False
+
+
+@dataclass
+class LunRecord:
+    name: str
+    size: int
+    block_size: int
+    wwn: str
+    generations: list[GenerationRecord] = field(default_factory=list)
+
+    @property
+    def live(self) -> GenerationRecord:
+        return self.generations[-1]
+
+
+@dataclass
+class CutRecord:
+    id: int
+    seq: int
+    time: str
+    luns: dict[str, int]
+    committed: bool = False
+    aborted: bool = False
+
+
+@dataclass
+class Recovery:
+    """What a restart must do before serving I/O."""
+
+    rollback: list[CutRecord]  # begun, never committed: remove their new generations
+    freeze: list[tuple[str, int]]  # superseded generations not yet marked frozen
+
+
+class Catalog:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.luns: dict[str, LunRecord] = {}
+        self.cuts: dict[int, CutRecord] = {}
+
+    # ---- paths -----------------------------------------------------------------
+
+    def lun_dir(self, name: str) -> Path:
+        return self.state_dir / "luns" / name
+
+    def volume_path(self, name: str, index: int) -> Path:
+        return self.lun_dir(name) / f"vol-{index:06d}.img"
+
+    # ---- derived numbers -------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The highest cut T ever taken: a restarted daemon counts on from here."""
+        return max((c.seq for c in self.cuts.values()), default=0)
+
+    @property
+    def next_cut_id(self) -> int:
+        return max(self.cuts, default=0) + 1
+
+    # ---- folding records -------------------------------------------------------
+
+    def apply(self, record: dict[str, Any]) -> None:
+        op = record["op"]
+        if op == "lun":
+            self.luns[record["name"]] = LunRecord(
+                record["name"], record["size"], record["block_size"], record["wwn"],
+                [GenerationRecord(0, 0, None, VolumeState.LIVE, record.get("time"))],
+            )
+        elif op == "cut":
+            cut = CutRecord(record["cut"], record["seq"], record["time"], dict(record["luns"]))
+            self.cuts[cut.id] = cut
+            for name, index in cut.luns.items():
+                self.luns[name].generations.append(
+                    GenerationRecord(index, cut.seq, cut.id, VolumeState.CLONING, cut.time)
+                )
+        elif op == "commit":
+            cut = self.cuts[record["cut"]]
+            cut.committed = True
+            for name, index in cut.luns.items():
+                gens = self.luns[name].generations
+                gens[-1].state = VolumeState.LIVE
+                if gens[-2].state is VolumeState.LIVE:
+                    gens[-2].state = VolumeState.DRAINING
+        elif op == "abort":
+            cut = self.cuts[record["cut"]]
+            cut.aborted = True
+            for name, index in cut.luns.items():
+                gens = self.luns[name].generations
+                if gens and gens[-1].index == index:
+                    gens.pop()
+        elif op == "freeze":
+            self.generation(record["lun"], record["gen"]).state = VolumeState.FROZEN
+        elif op == "damaged":
+            self.generation(record["lun"], record["gen"]).damaged = True
+
+    def generation(self, name: str, index: int) -> GenerationRecord:
+        for gen in self.luns[name].generations:
+            if gen.index == index:
+                return gen
+        raise KeyError((name, index))
+
+    def recovery(self) -> Recovery:
+        rollback = [c for c in self.cuts.values() if not (c.committed or c.aborted)]
+        freeze = [
+            (lun.name, gen.index)
+            for lun in self.luns.values()
+            for gen in lun.generations
+            if gen.state is VolumeState.DRAINING
+        ]
+        return Recovery(rollback, freeze)
+
+
+def replay(state_dir: Path, records: list[dict[str, Any]]) -> Catalog:
+    catalog = Catalog(state_dir)
+    for record in records:
+        catalog.apply(record)
+    return catalog
