@@ -27,6 +27,10 @@ from ._errors import BackendError, PreserveError, ProtocolError, UserError
 
 log = logging.getLogger(__name__)
 
+class DaemonUnreachable(UserError):
+    """No daemon listens on the control socket of this state directory."""
+
+
 Handler = Callable[..., Awaitable[Any]]
 MAX_REQUEST = 1 << 16
 
@@ -110,7 +114,9 @@ def call(path: Path, command: str, timeout: float | None = 60.0, **args: Any) ->
         try:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as err:
-            raise UserError(f"no daemon is running for {path.parent} ({err.strerror})") from err
+            raise DaemonUnreachable(
+                f"no daemon is running for {path.parent} ({err.strerror})"
+            ) from err
         except PermissionError as err:
             raise UserError(f"not allowed to talk to the daemon at {path}: run as root") from err
         sock.sendall(json.dumps({"command": command, "args": args}).encode() + b"\n")
