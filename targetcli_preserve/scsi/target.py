@@ -10,12 +10,49 @@ INTERFACE CONTRACT (fixed; the iSCSI layer is written against it):
 command to the BlockStore (fixing its sequence number), so a transport calling it in
 CmdSN order issues commands in CmdSN order. ``data_out`` is None for commands without
 Data-Out, else bytes or an awaitable of bytes (all Data-Out, ``data_out_length`` long).
+
+This module owns that contract and the dispatch: which command runs against which
+logical unit, LUN-independent commands (INQUIRY, REPORT LUNS, REQUEST SENSE) on LUNs
+with no logical unit (SPC-4 6.6.2, 6.33, 6.39), allocation-length truncation
+(SPC-4 4.2.5.6), and turning every failure into CHECK CONDITION: nothing raises out
+of ``execute`` or its awaitable except cancellation.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import dataclass
+
+from . import block
+from .cdb import (
+    Command,
+    Inquiry,
+    ModeSense,
+    Opcode,
+    Read,
+    ReadCapacity10,
+    ReadCapacity16,
+    ReportLuns,
+    ReportSupportedOpcodes,
+    RequestSense,
+    SynchronizeCache,
+    TestUnitReady,
+    Verify,
+    Write,
+    decode,
+)
+from .inquiry import inquiry
+from .lu import LogicalUnit, LuIdentity
+from .mode import mode_sense
+from .opcodes import report_supported_opcodes
+from .reportluns import report_luns
+from .sense import Asc, SenseError, SenseKey, descriptor_sense, fixed_sense, illegal
+
+__all__ = ["LogicalUnit", "LuIdentity", "ScsiResponse", "ScsiStatus", "ScsiTarget"]
+
+log = logging.getLogger(__name__)
 
 
 class ScsiStatus(enum.IntEnum):
@@ -36,3 +73,143 @@ class ScsiResponse:
     status: ScsiStatus
     data: bytes = b""  # Data-In payload, already limited by the CDB's allocation length
     sense: bytes = b""  # fixed-format sense data (SPC-4 4.5.3) when CHECK CONDITION
+
+
+# Commands a LUN with no logical unit still answers (SPC-4 6.6.2, 6.33, 6.39).
+_LUN_INDEPENDENT = frozenset((Opcode.INQUIRY, Opcode.REPORT_LUNS, Opcode.REQUEST_SENSE))
+
+
+class _Ready:
+    """An awaitable that is already done: the response of a command that never waits."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: ScsiResponse) -> None:
+        self.response = response
+
+    def __await__(self) -> Generator[None, None, ScsiResponse]:
+        return self.response
+        yield  # pragma: no cover - makes this a generator
+
+
+def _check_condition(err: SenseError) -> ScsiResponse:
+    return ScsiResponse(ScsiStatus.CHECK_CONDITION, sense=err.fixed())
+
+
+def _internal_failure() -> ScsiResponse:
+    sense = fixed_sense(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
+    return ScsiResponse(ScsiStatus.CHECK_CONDITION, sense=sense)
+
+
+def _cut(data: bytes, allocation_length: int) -> bytes:
+    # SPC-4 4.2.5.6: return at most ALLOCATION LENGTH bytes; 0 is not an error
+    return data[:allocation_length]
+
+
+class ScsiTarget:
+    """The logical units behind one SCSI target port, keyed by LUN."""
+
+    def __init__(self, luns: Mapping[int, LogicalUnit] | None = None) -> None:
+        self.luns: dict[int, LogicalUnit] = dict(luns or {})
+
+    def lun_numbers(self) -> list[int]:
+        return sorted(self.luns)
+
+    def add_lun(self, lun: int, unit: LogicalUnit) -> None:
+        if lun in self.luns:
+            raise ValueError(f"LUN {lun} is already in use")
+        self.luns[lun] = unit
+
+    def remove_lun(self, lun: int) -> LogicalUnit:
+        return self.luns.pop(lun)
+
+    def execute(
+        self,
+        lun: int,
+        cdb: bytes,
+        data_out: bytes | Awaitable[bytes] | None,
+        data_out_length: int,
+    ) -> Awaitable[ScsiResponse]:
+        """Decode and issue ``cdb`` now; the awaitable gives its response."""
+        try:
+            result = self._issue(lun, bytes(cdb), data_out, data_out_length)
+        except SenseError as err:
+            return _Ready(_check_condition(err))
+        except Exception:
+            log.exception("SCSI command %s on LUN %s failed", bytes(cdb[:16]).hex(), lun)
+            return _Ready(_internal_failure())
+        if isinstance(result, bytes):
+            return _Ready(ScsiResponse(ScsiStatus.GOOD, data=result))
+        return self._complete(result, bytes(cdb[:16]), lun)
+
+    async def _complete(self, pending: Awaitable[bytes], cdb: bytes, lun: int) -> ScsiResponse:
+        try:
+            data = await pending
+        except SenseError as err:
+            return _check_condition(err)
+        except Exception:
+            log.exception("SCSI command %s on LUN %s failed", cdb.hex(), lun)
+            return _internal_failure()
+        return ScsiResponse(ScsiStatus.GOOD, data=data)
+
+    def _issue(
+        self,
+        lun: int,
+        cdb: bytes,
+        data_out: bytes | Awaitable[bytes] | None,
+        data_out_length: int,
+    ) -> bytes | Awaitable[bytes]:
+        unit = self.luns.get(lun)
+        if unit is None and (not cdb or cdb[0] not in _LUN_INDEPENDENT):
+            # SPC-4 6.6.2 / SAM-5 5.8: no logical unit at this LUN
+            raise illegal(Asc.LOGICAL_UNIT_NOT_SUPPORTED)
+        cmd = decode(cdb)
+        return self._dispatch(unit, cmd, data_out, data_out_length)
+
+    def _dispatch(
+        self,
+        unit: LogicalUnit | None,
+        cmd: Command,
+        data_out: bytes | Awaitable[bytes] | None,
+        data_out_length: int,
+    ) -> bytes | Awaitable[bytes]:
+        match cmd:
+            case Inquiry():
+                return _cut(inquiry(unit, cmd), cmd.allocation_length)
+            case ReportLuns():
+                return _cut(report_luns(self.luns, cmd), cmd.allocation_length)
+            case RequestSense():
+                return _cut(_request_sense(unit, cmd), cmd.allocation_length)
+        assert unit is not None  # only the LUN-independent commands above get here without
+        match cmd:
+            case Read():
+                return block.read(unit, cmd)
+            case Write():
+                return block.write(unit, cmd, data_out, data_out_length)
+            case Verify():
+                return block.verify(unit, cmd, data_out, data_out_length)
+            case SynchronizeCache():
+                return block.synchronize_cache(unit, cmd)
+            case TestUnitReady():
+                return b""
+            case ReadCapacity10():
+                return block.read_capacity_10(unit)
+            case ReadCapacity16():
+                return _cut(block.read_capacity_16(unit, cmd), cmd.allocation_length)
+            case ModeSense():
+                return _cut(mode_sense(unit, cmd), cmd.allocation_length)
+            case ReportSupportedOpcodes():
+                return _cut(report_supported_opcodes(cmd), cmd.allocation_length)
+        raise AssertionError(f"no handler for {cmd!r}")  # pragma: no cover
+
+
+def _request_sense(unit: LogicalUnit | None, cmd: RequestSense) -> bytes:
+    """SPC-4 6.39: sense is delivered with CHECK CONDITION (autosense), so none is ever
+    pending: NO SENSE, or ILLEGAL REQUEST / LOGICAL UNIT NOT SUPPORTED with GOOD status
+    when no logical unit is at this LUN."""
+    key, asc = SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE_INFORMATION
+    if unit is None:
+        key, asc = SenseKey.ILLEGAL_REQUEST, Asc.LOGICAL_UNIT_NOT_SUPPORTED
+    return descriptor_sense(key, asc) if cmd.desc else fixed_sense(key, asc)
+
+
