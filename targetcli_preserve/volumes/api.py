@@ -1,0 +1,297 @@
+"""The volume API: create, open, clone and remove file volumes.
+
+Creation is transactional (DESIGN.md section 6). A data file is built as ``P.partial``
+and published as ``P`` with link(2), which fails if ``P`` exists; the sidecars are
+written before that, so after a crash ``P`` either does not exist or is complete.
+Whatever a failed call made is removed before the error is raised; ``remove_volume``
+deletes ``P`` and every sidecar, and is what the engine's journal uses to roll back a
+clone whose preserve never finished (rule 9).
+
+Clone strategy (rule 3): automatic mode tries FICLONE and falls back to a lazy clone
+when the filesystem cannot reflink. Both are O(1) in the volume size: no data is
+copied at the cut; the lazy clone's only size-dependent state is its bitmap, one bit
+per chunk, created as a hole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from targetcli_preserve._errors import BackendError, UserError
+from targetcli_preserve.volumes import sidecar
+from targetcli_preserve.volumes._executor import EXECUTOR
+from targetcli_preserve.volumes.base import CloneStrategy, Volume
+from targetcli_preserve.volumes.bitmap import ChunkBitmap
+from targetcli_preserve.volumes.file import FileVolume
+from targetcli_preserve.volumes.lazy import DEFAULT_CHUNK_SIZE, LazyVolume
+from targetcli_preserve.volumes.reflink import ReflinkUnsupported, reflink
+
+_OPEN_FLAGS = os.O_CLOEXEC
+
+
+async def _run(fn, *args):  # type: ignore[no-untyped-def]
+    return await asyncio.get_running_loop().run_in_executor(EXECUTOR, fn, *args)
+
+
+def _os_error(what: str, path: Path, err: OSError) -> Exception:
+    if err.errno == errno.EEXIST:
+        return UserError(f"{what} {path}: it already exists")
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return UserError(f"{what} {path}: no such directory {path.parent}")
+    return BackendError(f"{what} {path}: {err.strerror or err}")
+
+
+def _remove_blocking(path: Path) -> None:
+    removed = False
+    for p in sidecar.all_paths(path):
+        try:
+            os.unlink(p)
+            removed = True
+        except FileNotFoundError:
+            pass
+    if removed:
+        sidecar.fsync_dir(path.parent)
+
+
+def _new_partial(path: Path, size: int) -> int:
+    """Create ``P.partial`` (removing a stale one from a crash), sized as a hole."""
+    if os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, "exists", str(path))
+    _remove_blocking(path)  # leftovers of a half-made volume that was never published
+    fd = os.open(sidecar.partial_path(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+    if size:
+        try:
+            os.ftruncate(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _publish(path: Path, fd: int) -> None:
+    """fsync the partial file, then make it appear as ``path`` (fails if it exists)."""
+    os.fsync(fd)
+    partial = sidecar.partial_path(path)
+    os.link(partial, path)
+    os.unlink(partial)
+    sidecar.fsync_dir(path.parent)
+
+
+def _create_blocking(path: Path, size: int) -> int:
+    fd = _new_partial(path, size)
+    try:
+        _publish(path, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+async def create_volume(path: Path, size: int) -> Volume:
+    """Create a new sparse volume of ``size`` bytes at ``path`` (which must not exist)."""
+    path = Path(path).absolute()
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise UserError(f"volume size must be a positive number of bytes, not {size!r}")
+    try:
+        fd = await _run(_create_blocking, path, size)
+    except OSError as err:
+        if err.errno != errno.EEXIST:
+            await _run(_remove_blocking, path)
+        else:
+            await _run(_cleanup_unpublished, path)
+        raise _os_error("create volume", path, err) from err
+    return FileVolume(path, fd, size)
+
+
+def _cleanup_unpublished(path: Path) -> None:
+    """Remove our partial file and sidecars, but never an existing published volume."""
+    if not os.path.lexists(path):
+        _remove_blocking(path)
+    else:
+        try:
+            os.unlink(sidecar.partial_path(path))
+        except FileNotFoundError:
+            pass
+
+
+# ---- clone ----
+
+
+@dataclass
+class _Made:
+    fd: int
+    strategy: CloneStrategy
+    meta: sidecar.CloneMeta
+    bitmap: ChunkBitmap | None = None
+
+
+def _clone_blocking(
+    source: FileVolume, dest: Path, strategy: CloneStrategy | None, chunk_size: int
+) -> _Made:
+    fd = _new_partial(dest, 0)
+    try:
+        if strategy in (None, CloneStrategy.REFLINK):
+            if isinstance(source, LazyVolume) and source.source is not None:
+                if strategy is CloneStrategy.REFLINK:
+                    raise BackendError(
+                        f"cannot reflink {source.path}: it is a lazy clone still hydrating"
+                    )
+            else:
+                try:
+                    reflink(fd, source._fd)
+                except ReflinkUnsupported as err:
+                    if strategy is CloneStrategy.REFLINK:
+                        raise BackendError(
+                            f"reflink clone of {source.path} to {dest} is not possible: "
+                            f"the filesystem does not support FICLONE "
+                            f"({os.strerror(err.errno or 0)}); use the lazy strategy"
+                        ) from err
+                else:
+                    meta = sidecar.CloneMeta(CloneStrategy.REFLINK, source.path, source.size)
+                    sidecar.write_meta_new(dest, meta)
+                    _publish(dest, fd)
+                    return _Made(fd, CloneStrategy.REFLINK, meta)
+        # Lazy: O(1) -- a hole of the right size, a hole-backed bitmap, a small JSON.
+        os.ftruncate(fd, source.size)
+        nchunks = -(-source.size // chunk_size)
+        bitmap = ChunkBitmap.create(sidecar.bitmap_path(dest), nchunks)
+        try:
+            meta = sidecar.CloneMeta(CloneStrategy.LAZY, source.path, source.size, chunk_size)
+            sidecar.write_meta_new(dest, meta)
+            _publish(dest, fd)
+        except BaseException:
+            bitmap.close()
+            raise
+        return _Made(fd, CloneStrategy.LAZY, meta, bitmap)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+async def clone_volume(
+    source: Volume,
+    dest: Path,
+    strategy: CloneStrategy | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    background: bool = True,
+) -> Volume:
+    """Clone ``source`` to a new volume at ``dest`` in O(1) time (DESIGN.md rule 3).
+
+    ``strategy`` None picks REFLINK when FICLONE works for this source and filesystem,
+    else LAZY. A lazy clone reads through ``source``, which must stay open until the
+    clone is hydrated (``wait_hydrated``) or closed; ``background=False`` leaves
+    hydration to ``hydrate_step``/``wait_hydrated`` (tests)."""
+    dest = Path(dest).absolute()
+    if not isinstance(source, FileVolume):
+        raise UserError(f"cannot clone {source!r}: only file volumes are supported")
+    if strategy is not None and not isinstance(strategy, CloneStrategy):
+        raise UserError(f"unknown clone strategy {strategy!r}")
+    if not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size % 512:
+        raise UserError(f"chunk size must be a positive multiple of 512, not {chunk_size!r}")
+    if source._fd < 0:
+        raise UserError(f"cannot clone {source.path}: the volume is closed")
+    try:
+        made = await _run(_clone_blocking, source, dest, strategy, chunk_size)
+    except BackendError:
+        await _run(_cleanup_unpublished, dest)
+        raise
+    except OSError as err:
+        await _run(_cleanup_unpublished, dest)
+        raise _os_error(f"clone {source.path} to", dest, err) from err
+    if made.strategy is CloneStrategy.REFLINK:
+        return FileVolume(dest, made.fd, source.size, strategy=CloneStrategy.REFLINK)
+    assert made.bitmap is not None
+    vol = LazyVolume(dest, made.fd, source=source, bitmap=made.bitmap, meta=made.meta)
+    if background:
+        vol.start_hydration()
+    return vol
+
+
+# ---- open ----
+
+
+def _open_blocking(path: Path, read_only: bool) -> tuple[int, int, sidecar.CloneMeta | None]:
+    meta = sidecar.read_meta(path)
+    lazy = meta is not None and meta.strategy is CloneStrategy.LAZY and not meta.hydrated
+    # A lazy clone keeps a writable fd even when read-only: its hydrator writes it.
+    flags = os.O_RDONLY if read_only and not lazy else os.O_RDWR
+    fd = os.open(path, flags | _OPEN_FLAGS)
+    try:
+        size = os.fstat(fd).st_size
+        if meta is not None and meta.size != size:
+            raise BackendError(f"{path} has {size} bytes but its clone metadata says {meta.size}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size, meta
+
+
+async def _open(
+    path: Path, *, source: Volume | None, read_only: bool, background: bool
+) -> FileVolume:
+    try:
+        fd, size, meta = await _run(_open_blocking, path, read_only)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            raise UserError(f"open volume {path}: no such volume") from err
+        raise _os_error("open volume", path, err) from err
+    if meta is None or meta.strategy is not CloneStrategy.LAZY or meta.hydrated:
+        strategy = meta.strategy if meta is not None else None
+        return FileVolume(path, fd, size, read_only=read_only, strategy=strategy)
+    owned: tuple[FileVolume, ...] = ()
+    try:
+        if source is None:
+            # Rebuild the chain: the source is opened read-only and owned by the clone.
+            src = await _open(meta.source, source=None, read_only=True, background=background)
+            owned = (src,)
+        elif not isinstance(source, FileVolume) or source.path != meta.source:
+            raise UserError(
+                f"{path} is a lazy clone of {meta.source}, not of {getattr(source, 'path', source)}"
+            )
+        else:
+            src = source
+        if src.size < size:
+            raise BackendError(f"source {src.path} of {path} is smaller than the clone")
+        assert meta.chunk_size is not None
+        bitmap = await _run(ChunkBitmap.load, sidecar.bitmap_path(path), -(-size // meta.chunk_size))
+    except BaseException as err:
+        os.close(fd)
+        for s in owned:
+            await s.close()
+        if isinstance(err, OSError):
+            raise BackendError(f"open lazy clone {path}: {err.strerror or err}") from err
+        raise
+    vol = LazyVolume(
+        path, fd, source=src, bitmap=bitmap, meta=meta, read_only=read_only, owned_sources=owned
+    )
+    if background:
+        vol.start_hydration()
+    return vol
+
+
+async def open_volume(
+    path: Path, *, source: Volume | None = None, read_only: bool = False, background: bool = True
+) -> Volume:
+    """Reopen the volume at ``path`` (after a restart).
+
+    A lazy clone that was not hydrated reloads its bitmap, reopens its source chain
+    read-only (or uses ``source``, an already open volume at the recorded source path,
+    which it does not own) and resumes background hydration."""
+    return await _open(Path(path).absolute(), source=source, read_only=read_only, background=background)
+
+
+async def remove_volume(path: Path) -> None:
+    """Delete the volume at ``path`` and all its sidecar files. Idempotent.
+
+    Close any open Volume on it first; a lazy clone still reading through this volume
+    must be hydrated (or removed) before."""
+    path = Path(path).absolute()
+    try:
+        await _run(_remove_blocking, path)
+    except OSError as err:
+        raise BackendError(f"remove volume {path}: {err.strerror or err}") from err

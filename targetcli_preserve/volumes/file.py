@@ -1,0 +1,189 @@
+"""Plain file volumes: a sparse file read and written with pread/pwrite.
+
+Every blocking syscall runs on the shared executor (``_executor.py``), with one
+exception that is safe by construction: a read is first tried on the event loop with
+``preadv(..., RWF_NOWAIT)``. With RWF_NOWAIT the kernel copies from the page cache and
+returns EAGAIN (or a short count) instead of waiting for the disk, so the loop never
+blocks on I/O; only a cache miss pays the executor round trip (about 100 us on a
+2-core VM, against 1-2 us for the cached read). Filesystems that do not support it
+answer EOPNOTSUPP once and the volume stops trying. Writes always go to the executor:
+a buffered write may allocate blocks or be throttled by dirty-page writeback.
+
+A frozen volume reopens its file read-only. The old read-write descriptor is kept
+open until close(): a syscall already handed to a worker thread may still use it, and
+closing it early could let the number be reused for another file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+
+from targetcli_preserve._errors import BackendError, UserError
+from targetcli_preserve.volumes._executor import EXECUTOR
+from targetcli_preserve.volumes.base import CloneStrategy, Volume
+
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+#: Larger cached reads still go to the executor so one memcpy never holds the loop long.
+NOWAIT_MAX = 256 * 1024
+
+
+def pread_exact(fd: int, length: int, offset: int) -> bytes:
+    """pread that fails loudly on a short read (the file is shorter than the volume)."""
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise OSError(errno.EIO, f"short read ({len(data)} of {length} bytes)")
+    return data
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    n = os.pwrite(fd, data, offset)
+    if n == len(data):
+        return
+    view = memoryview(data)
+    while n < len(view):
+        done = os.pwrite(fd, view[n:], offset + n)
+        if done <= 0:
+            raise OSError(errno.EIO, "pwrite made no progress")
+        n += done
+
+
+def next_data(fd: int, offset: int, size: int) -> int:
+    """First offset >= ``offset`` that may hold data (SEEK_DATA), ``size`` if none."""
+    try:
+        return min(os.lseek(fd, offset, os.SEEK_DATA), size)
+    except OSError as err:
+        if err.errno == errno.ENXIO:
+            return size
+        if err.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return offset  # no hole information: assume data
+        raise
+
+
+class FileVolume(Volume):
+    """A volume backed by one regular file."""
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        size: int,
+        *,
+        read_only: bool = False,
+        strategy: CloneStrategy | None = None,
+    ) -> None:
+        self.path = path
+        self.size = size
+        self.strategy = strategy
+        self.read_only = read_only
+        self._fd = fd
+        self._retired_fds: list[int] = []
+        self._nowait = bool(_RWF_NOWAIT)
+
+    # ---- raw file access (no bounds or frozen checks; used by subclasses too) ----
+
+    def _read_cached(self, offset: int, length: int) -> bytes | None:
+        buf = bytearray(length)
+        try:
+            n = os.preadv(self._fd, (buf,), offset, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait = False
+                return None
+            raise BackendError(f"read {self.path} at {offset}: {err.strerror}") from err
+        if n != length:
+            return None  # partly cached: the executor reads it all
+        return bytes(buf)
+
+    async def _read_file(self, offset: int, length: int) -> bytes:
+        if self._nowait and length <= NOWAIT_MAX:
+            data = self._read_cached(offset, length)
+            if data is not None:
+                return data
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                EXECUTOR, pread_exact, self._fd, length, offset
+            )
+        except OSError as err:
+            raise BackendError(f"read {self.path} at {offset}+{length}: {err.strerror}") from err
+
+    async def _write_file(self, offset: int, data: bytes) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                EXECUTOR, pwrite_all, self._fd, data, offset
+            )
+        except OSError as err:
+            raise BackendError(
+                f"write {self.path} at {offset}+{len(data)}: {err.strerror}"
+            ) from err
+
+    async def _datasync(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(EXECUTOR, os.fdatasync, self._fd)
+        except OSError as err:
+            raise BackendError(f"fdatasync {self.path}: {err.strerror}") from err
+
+    def _read_blocking(self, offset: int, length: int) -> bytes:
+        """Content at offset, for worker threads (a lazy clone hydrating from us)."""
+        return pread_exact(self._fd, length, offset)
+
+    def _next_data_blocking(self, offset: int) -> int:
+        """First offset >= ``offset`` whose content may be non-zero, for worker threads."""
+        return next_data(self._fd, offset, self.size)
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise UserError(
+                f"range {offset}+{length} is outside volume {self.path} of {self.size} bytes"
+            )
+
+    # ---- the Volume API ----
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset + length > self.size:
+            if length == 0 and 0 <= offset <= self.size:
+                return b""
+            self._check_range(offset, length)
+        return await self._read_file(offset, length)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self.read_only:
+            raise BackendError(f"volume {self.path} is frozen (read-only)")
+        if offset < 0 or offset + len(data) > self.size:
+            self._check_range(offset, len(data))
+        if data:
+            await self._write_file(offset, data)
+
+    async def flush(self) -> None:
+        await self._datasync()
+
+    async def freeze(self) -> None:
+        if self.read_only:
+            return
+        self.read_only = True
+        await self._datasync()
+        await self._reopen_read_only()
+
+    async def _reopen_read_only(self) -> None:
+        try:
+            fd = await asyncio.get_running_loop().run_in_executor(
+                EXECUTOR, os.open, self.path, os.O_RDONLY | os.O_CLOEXEC
+            )
+        except OSError as err:
+            raise BackendError(f"reopen {self.path} read-only: {err.strerror}") from err
+        self._retired_fds.append(self._fd)
+        self._fd = fd
+
+    async def close(self) -> None:
+        fds, self._retired_fds = [self._fd, *self._retired_fds], []
+        self._fd = -1  # later calls fail with EBADF, never touch a reused number
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass

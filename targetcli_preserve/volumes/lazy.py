@@ -1,0 +1,403 @@
+"""Lazy clones: O(1) clones where the filesystem has no reflink (DESIGN.md rule 3).
+
+A lazy clone is a new sparse file of the source's size plus a chunk bitmap
+(``bitmap.py``) and a JSON sidecar naming its source (``sidecar.py``). A set bit means
+the chunk's content is in the clone's own file; a clear bit means "read the source",
+which may itself be a lazy clone (chains are allowed). A background hydrator copies
+the remaining chunks, one at a time and behind foreground I/O, skipping chunks that
+are holes in the source (SEEK_DATA, recursively down the chain) so a sparse source
+gives a sparse clone.
+
+Why the result is right while the source is still being written. The engine
+replicates every pre-cut write to both the source and the clone (rule 4), so a source
+write may be in flight while a chunk is hydrated, and a hydration may copy some of its
+bytes. Correctness rests on three rules enforced here:
+
+1. A chunk is hydrated (by the hydrator, or by a write that covers it only partly)
+   and a write to a not-yet-hydrated chunk is applied only while holding that
+   chunk's asyncio lock, and always in the order "copy from source, then write".
+   So the clone-side copy of any replicated write lands *after* any hydration of its
+   chunk and overwrites whatever half-written bytes that hydration copied; a
+   hydration can never overwrite newer data.
+2. A bit is staged, persisted (pwrite to the sidecar) and only then set for the data
+   path, and only after the chunk's data is in the clone's file. Acknowledged writes
+   therefore survive a process crash: after a restart the chunk is not re-copied
+   from the source over them. Writes to hydrated chunks take no lock at all.
+3. Power loss: before a bit is persisted, a chunk whose old content was not all
+   zeros is made durable (fdatasync of the clone's file), so the sidecar can never
+   reach the disk ahead of the data and make a chunk read as zeros. This costs one
+   fdatasync the first time a write touches each such chunk (and per hydrated chunk);
+   writes to hydrated chunks never pay it. flush() fdatasyncs data, then the bitmap.
+
+Once every bit is set the clone syncs, marks itself hydrated in its JSON sidecar and
+never reads its source again: it behaves as a plain file volume from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from targetcli_preserve._errors import BackendError
+from targetcli_preserve.volumes import sidecar
+from targetcli_preserve.volumes._executor import EXECUTOR
+from targetcli_preserve.volumes.base import CloneStrategy
+from targetcli_preserve.volumes.bitmap import ChunkBitmap
+from targetcli_preserve.volumes.file import FileVolume, next_data, pread_exact, pwrite_all
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+#: The hydrator waits up to this long (in 0.5 ms steps) for foreground I/O to go idle
+#: before copying its next chunk anyway: low priority, never starved.
+_YIELD_STEPS = 20
+_YIELD_STEP_S = 0.0005
+
+
+_SPARSE_PIECE = 64 * 1024
+_ZERO_PIECE = bytes(_SPARSE_PIECE)
+
+
+def _write_nonzero(fd: int, data: bytes, offset: int) -> bool:
+    """Write ``data`` at ``offset`` but skip all-zero 64 KiB pieces (keep the clone sparse)."""
+    view = memoryview(data)
+    wrote = False
+    run_start = -1
+    for pos in range(0, len(data), _SPARSE_PIECE):
+        piece = data[pos : pos + _SPARSE_PIECE]
+        zero = piece == _ZERO_PIECE[: len(piece)]
+        if not zero and run_start < 0:
+            run_start = pos
+        elif zero and run_start >= 0:
+            pwrite_all(fd, view[run_start:pos], offset + run_start)
+            wrote, run_start = True, -1
+    if run_start >= 0:
+        pwrite_all(fd, view[run_start:], offset + run_start)
+        wrote = True
+    return wrote
+
+
+class LazyVolume(FileVolume):
+    """A lazy clone of ``source``; see the module docstring for the rules it keeps."""
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        *,
+        source: FileVolume,
+        bitmap: ChunkBitmap,
+        meta: sidecar.CloneMeta,
+        read_only: bool = False,
+        owned_sources: tuple[FileVolume, ...] = (),
+    ) -> None:
+        super().__init__(path, fd, meta.size, read_only=read_only, strategy=CloneStrategy.LAZY)
+        assert meta.chunk_size is not None
+        self._source = source
+        self._bitmap = bitmap
+        self._meta = meta
+        self._cs = meta.chunk_size
+        self._nchunks = bitmap.nchunks
+        self._owned_sources = owned_sources
+        self._complete = False
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._fg = 0  # foreground operations on the slow (not hydrated) path
+        self._cursor = 0
+        self._hydrator: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._done = asyncio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def source(self) -> FileVolume | None:
+        """The volume this clone still reads through (None once hydrated)."""
+        return None if self._complete else self._source
+
+    def start_hydration(self) -> None:
+        """Start the background hydrator (needs a running loop)."""
+        if self._hydrator is None or self._hydrator.done():
+            self._hydrator = asyncio.get_running_loop().create_task(
+                self._run_hydrator(), name=f"hydrate {self.path}"
+            )
+
+    # ---- helpers ----
+
+    def _chunk_end(self, c: int) -> int:
+        return min((c + 1) * self._cs, self.size)
+
+    def _lock_for(self, c: int) -> asyncio.Lock:
+        lock = self._locks.get(c)
+        if lock is None:
+            lock = self._locks[c] = asyncio.Lock()
+        return lock
+
+    def _runs(self, offset: int, length: int) -> Iterator[tuple[bool, int, int]]:
+        """Split a range into (hydrated, start, length) runs of like chunks."""
+        cs, bits = self._cs, self._bitmap.bits
+        end = offset + length
+        c = offset // cs
+        last = (end - 1) // cs
+        pos = offset
+        while pos < end:
+            hydrated = bool(bits[c >> 3] >> (c & 7) & 1)
+            while c < last and bool(bits[(c + 1) >> 3] >> ((c + 1) & 7) & 1) == hydrated:
+                c += 1
+            run_end = min(end, (c + 1) * cs)
+            yield hydrated, pos, run_end - pos
+            pos = run_end
+            c += 1
+
+    async def _call(self, what: str, fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.get_running_loop().run_in_executor(EXECUTOR, fn, *args)
+        except OSError as err:
+            raise BackendError(f"{what} {self.path}: {err.strerror or err}") from err
+
+    # ---- blocking helpers for worker threads ----
+
+    def _read_blocking(self, offset: int, length: int) -> bytes:
+        if self._complete:
+            return pread_exact(self._fd, length, offset)
+        parts = [
+            pread_exact(self._fd, n, start)
+            if hydrated
+            else self._source._read_blocking(start, n)
+            for hydrated, start, n in self._runs(offset, length)
+        ]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _next_data_blocking(self, offset: int) -> int:
+        own = next_data(self._fd, offset, self.size)
+        if self._complete:
+            return own
+        # Hydrated chunks hold data only where our file does; the others are the
+        # source's. The minimum is conservative (it may name a chunk of zeros).
+        return min(own, self._source._next_data_blocking(offset))
+
+    def _source_has_data(self, start: int, end: int) -> bool:
+        return self._source._next_data_blocking(start) < end
+
+    def _copy_blocking(self, start: int, length: int) -> bool:
+        """Copy source bytes into our file unless they are a hole or zeros."""
+        if not self._source_has_data(start, start + length):
+            return False
+        data = self._source._read_blocking(start, length)
+        if data == bytes(length):
+            return False
+        return _write_nonzero(self._fd, data, start)
+
+    def _hydrate_chunk_blocking(self, c: int) -> None:
+        start = c * self._cs
+        if self._copy_blocking(start, self._chunk_end(c) - start):
+            os.fdatasync(self._fd)
+
+    def _hydrate_and_write_blocking(self, chunks: list[int], offset: int, data: bytes) -> None:
+        """Copy the parts of ``chunks`` outside the write, then write (rule 1 and 3)."""
+        end = offset + len(data)
+        need_sync = False
+        for c in chunks:
+            cstart, cend = c * self._cs, self._chunk_end(c)
+            if not self._source_has_data(cstart, cend):
+                continue  # old content is zeros: nothing to copy, nothing to order
+            need_sync = True
+            if cstart < offset:
+                self._copy_blocking(cstart, offset - cstart)
+            if end < cend:
+                self._copy_blocking(end, cend - end)
+        pwrite_all(self._fd, data, offset)
+        if need_sync:
+            os.fdatasync(self._fd)
+
+    # ---- bitmap updates (rule 2) ----
+
+    async def _mark(self, chunks: list[int]) -> None:
+        bm = self._bitmap
+        lo, hi = bm.stage(chunks)
+        await self._call("update bitmap of", bm.persist, lo, hi)
+        bm.commit(chunks)
+        for c in chunks:
+            self._locks.pop(c, None)
+
+    async def _mark_range(self, first: int, end: int) -> None:
+        bm = self._bitmap
+        lo, hi = bm.stage_range(first, end)
+        await self._call("update bitmap of", bm.persist, lo, hi)
+        bm.commit_range(first, end)
+
+    # ---- the Volume API ----
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset + length > self.size:
+            if length == 0 and 0 <= offset <= self.size:
+                return b""
+            self._check_range(offset, length)
+        if self._complete:
+            return await self._read_file(offset, length)
+        cs = self._cs
+        if self._bitmap.all_set(offset // cs, (offset + length - 1) // cs):
+            return await self._read_file(offset, length)
+        self._fg += 1
+        try:
+            runs = list(self._runs(offset, length))
+            if len(runs) == 1:
+                return await self._source.read(offset, length)
+            parts = await asyncio.gather(
+                *(
+                    self._read_file(start, n) if hydrated else self._source.read(start, n)
+                    for hydrated, start, n in runs
+                )
+            )
+            return b"".join(parts)
+        finally:
+            self._fg -= 1
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self.read_only:
+            raise BackendError(f"volume {self.path} is frozen (read-only)")
+        length = len(data)
+        if offset < 0 or offset + length > self.size:
+            self._check_range(offset, length)
+        if not length:
+            return
+        if self._complete:
+            return await self._write_file(offset, data)
+        cs = self._cs
+        first, last = offset // cs, (offset + length - 1) // cs
+        if self._bitmap.all_set(first, last):
+            return await self._write_file(offset, data)  # hydrated: no lock (rule 2)
+        self._fg += 1
+        try:
+            await self._write_hydrating(offset, data, first, last)
+        finally:
+            self._fg -= 1
+
+    async def _write_hydrating(self, offset: int, data: bytes, first: int, last: int) -> None:
+        bm = self._bitmap
+        # Take the lock objects synchronously (no await between the bit test and the
+        # dict lookup), then acquire them in ascending chunk order: no deadlock.
+        locks = [self._lock_for(c) for c in range(first, last + 1) if not bm.test(c)]
+        held: list[asyncio.Lock] = []
+        try:
+            for lock in locks:
+                await lock.acquire()
+                held.append(lock)
+            todo = [c for c in range(first, last + 1) if not bm.test(c)]
+            if not todo:
+                await self._write_file(offset, data)
+                return
+            await self._call("hydrate and write", self._hydrate_and_write_blocking, todo, offset, data)
+            await self._mark(todo)
+        finally:
+            for lock in held:
+                lock.release()
+
+    async def flush(self) -> None:
+        await self._datasync()
+        if not self._complete:
+            await self._call("fdatasync bitmap of", self._bitmap.sync)
+
+    async def freeze(self) -> None:
+        if self.read_only:
+            return
+        self.read_only = True
+        await self.flush()
+        if self._complete:
+            await self._reopen_read_only()
+        # else: the hydrator still writes our file; _finish() reopens it read-only.
+
+    def hydration_progress(self) -> float:
+        if self._complete:
+            return 1.0
+        return 1.0 - self._bitmap.remaining / self._nchunks
+
+    async def wait_hydrated(self) -> None:
+        if self._complete:
+            return
+        if self._stopping:
+            raise BackendError(f"volume {self.path} is closed before it was hydrated")
+        if self._error is None:
+            self.start_hydration()
+            await self._done.wait()
+        if self._error is not None:
+            raise BackendError(f"hydration of {self.path} failed: {self._error}") from self._error
+        if not self._complete:
+            raise BackendError(f"volume {self.path} was closed before it was hydrated")
+
+    async def close(self) -> None:
+        self._stopping = True
+        task = self._hydrator
+        if task is not None and not task.done():
+            try:
+                await task  # it stops between chunks: no copy left running in a thread
+            except Exception:  # noqa: BLE001 - already recorded in self._error
+                pass
+        self._done.set()
+        self._bitmap.close()
+        await super().close()
+        for src in self._owned_sources:
+            await src.close()
+
+    # ---- background hydration ----
+
+    async def hydrate_step(self) -> bool:
+        """Hydrate the next chunk (or run of source-hole chunks); False when none is left.
+
+        The background hydrator is a loop over this; tests call it directly."""
+        bm = self._bitmap
+        c = bm.next_clear(self._cursor)
+        if c is None:
+            return False
+        nd = await self._call("find data in source of", self._source._next_data_blocking, c * self._cs)
+        hole_end = self._nchunks if nd >= self.size else nd // self._cs
+        if hole_end > c:
+            # Chunks c..hole_end-1 are holes in the source: set their bits without
+            # writing anything. Chunks someone is hydrating right now are left to them.
+            busy = sorted(k for k in self._locks if c <= k < hole_end)
+            start = c
+            for k in [*busy, hole_end]:
+                if k > start:
+                    await self._mark_range(start, k)
+                start = k + 1
+            self._cursor = hole_end
+            return True
+        async with self._lock_for(c):
+            if not bm.test(c):
+                await self._call("hydrate", self._hydrate_chunk_blocking, c)
+                await self._mark([c])
+        self._cursor = c + 1
+        return True
+
+    async def _run_hydrator(self) -> None:
+        try:
+            while not self._stopping:
+                for _ in range(_YIELD_STEPS):
+                    if not self._fg or self._stopping:
+                        break
+                    await asyncio.sleep(_YIELD_STEP_S)
+                if self._stopping:
+                    return
+                if not await self.hydrate_step():
+                    await self._finish()
+                    return
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported through wait_hydrated()
+            log.error("hydration of %s stopped: %s", self.path, err)
+            self._error = err
+            self._done.set()
+
+    async def _finish(self) -> None:
+        await self._datasync()
+        await self._call("fdatasync bitmap of", self._bitmap.sync)
+        self._meta = dataclasses.replace(self._meta, hydrated=True)
+        await self._call("mark hydrated", sidecar.replace_meta, self.path, self._meta)
+        self._complete = True
+        if self.read_only:
+            await self._reopen_read_only()
+        self._done.set()
+        log.info("lazy clone %s is hydrated", self.path)
