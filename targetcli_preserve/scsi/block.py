@@ -128,7 +128,13 @@ def verify(
 async def _finish_verify(
     pending: Awaitable[bytes], expected: bytes | Awaitable[bytes] | None
 ) -> bytes:
-    actual = await _finish_read(pending)
+    try:
+        actual = await _finish_read(pending)
+    except SenseError:
+        close = getattr(expected, "close", None)  # an un-awaited Data-Out coroutine
+        if close is not None:
+            close()
+        raise
     if expected is None:
         return b""
     if not isinstance(expected, bytes):

@@ -452,7 +452,8 @@ _SPECS = (
 
 # (opcode, service action or None) -> spec, in ascending order
 COMMANDS: dict[tuple[int, int | None], CommandSpec] = {
-    (s.opcode, s.service_action): s for s in sorted(_SPECS, key=lambda s: (s.opcode, s.service_action or 0))
+    (s.opcode, s.service_action): s
+    for s in sorted(_SPECS, key=lambda s: (s.opcode, s.service_action or 0))
 }
 SERVICE_ACTION_OPCODES = frozenset(s.opcode for s in _SPECS if s.service_action is not None)
 

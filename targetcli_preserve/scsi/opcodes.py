@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import enum
 
-from .cdb import COMMANDS, SERVICE_ACTION_OPCODES, CommandSpec, ReportingOptions
-from .cdb import ReportSupportedOpcodes
+from .cdb import (
+    COMMANDS,
+    SERVICE_ACTION_OPCODES,
+    CommandSpec,
+    ReportingOptions,
+    ReportSupportedOpcodes,
+)
 from .sense import invalid_field
 
 
@@ -61,9 +66,7 @@ def report_supported_opcodes(cmd: ReportSupportedOpcodes) -> bytes:
     opcode = cmd.requested_opcode
     has_sa = opcode in SERVICE_ACTION_OPCODES
     if options is ReportingOptions.OPCODE_MAYBE_SERVICE_ACTION:
-        options = (
-            ReportingOptions.OPCODE_AND_SERVICE_ACTION if has_sa else ReportingOptions.OPCODE
-        )
+        options = ReportingOptions.OPCODE_AND_SERVICE_ACTION if has_sa else ReportingOptions.OPCODE
     # SPC-4 6.35.1: asking for an opcode alone when it has service actions, or for a
     # service action of an opcode that has none, is INVALID FIELD IN CDB.
     if options is ReportingOptions.OPCODE:

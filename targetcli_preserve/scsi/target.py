@@ -47,7 +47,7 @@ from .inquiry import inquiry
 from .lu import LogicalUnit, LuIdentity
 from .mode import mode_sense
 from .opcodes import report_supported_opcodes
-from .reportluns import report_luns
+from .reportluns import MAX_LUN, report_luns
 from .sense import Asc, SenseError, SenseKey, descriptor_sense, fixed_sense, illegal
 
 __all__ = ["LogicalUnit", "LuIdentity", "ScsiResponse", "ScsiStatus", "ScsiTarget"]
@@ -110,12 +110,17 @@ class ScsiTarget:
     """The logical units behind one SCSI target port, keyed by LUN."""
 
     def __init__(self, luns: Mapping[int, LogicalUnit] | None = None) -> None:
-        self.luns: dict[int, LogicalUnit] = dict(luns or {})
+        self.luns: dict[int, LogicalUnit] = {}
+        for lun, unit in (luns or {}).items():
+            self.add_lun(lun, unit)
 
     def lun_numbers(self) -> list[int]:
         return sorted(self.luns)
 
     def add_lun(self, lun: int, unit: LogicalUnit) -> None:
+        """Attach ``unit`` at ``lun`` (0..16383, what REPORT LUNS can address)."""
+        if not 0 <= lun <= MAX_LUN:
+            raise ValueError(f"LUN {lun} is outside 0..{MAX_LUN}")
         if lun in self.luns:
             raise ValueError(f"LUN {lun} is already in use")
         self.luns[lun] = unit
@@ -130,17 +135,25 @@ class ScsiTarget:
         data_out: bytes | Awaitable[bytes] | None,
         data_out_length: int,
     ) -> Awaitable[ScsiResponse]:
-        """Decode and issue ``cdb`` now; the awaitable gives its response."""
+        """Decode and issue ``cdb`` now; the awaitable gives its response.
+
+        Never raises, and neither does the awaitable (except CancelledError): a bad CDB
+        is CHECK CONDITION with ILLEGAL REQUEST, a bug is HARDWARE ERROR / INTERNAL
+        TARGET FAILURE (logged)."""
+        raw = b""
         try:
-            result = self._issue(lun, bytes(cdb), data_out, data_out_length)
+            if not isinstance(cdb, (bytes, bytearray, memoryview)):
+                raise TypeError(f"CDB must be bytes, not {type(cdb).__name__}")
+            raw = bytes(cdb)
+            result = self._issue(lun, raw, data_out, data_out_length)
         except SenseError as err:
             return _Ready(_check_condition(err))
         except Exception:
-            log.exception("SCSI command %s on LUN %s failed", bytes(cdb[:16]).hex(), lun)
+            log.exception("SCSI command %s on LUN %r failed", raw[:16].hex(), lun)
             return _Ready(_internal_failure())
         if isinstance(result, bytes):
             return _Ready(ScsiResponse(ScsiStatus.GOOD, data=result))
-        return self._complete(result, bytes(cdb[:16]), lun)
+        return self._complete(result, raw[:16], lun)
 
     async def _complete(self, pending: Awaitable[bytes], cdb: bytes, lun: int) -> ScsiResponse:
         try:
@@ -148,7 +161,7 @@ class ScsiTarget:
         except SenseError as err:
             return _check_condition(err)
         except Exception:
-            log.exception("SCSI command %s on LUN %s failed", cdb.hex(), lun)
+            log.exception("SCSI command %s on LUN %r failed", cdb.hex(), lun)
             return _internal_failure()
         return ScsiResponse(ScsiStatus.GOOD, data=data)
 
@@ -211,5 +224,3 @@ def _request_sense(unit: LogicalUnit | None, cmd: RequestSense) -> bytes:
     if unit is None:
         key, asc = SenseKey.ILLEGAL_REQUEST, Asc.LOGICAL_UNIT_NOT_SUPPORTED
     return descriptor_sense(key, asc) if cmd.desc else fixed_sense(key, asc)
-
-

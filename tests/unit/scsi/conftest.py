@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for memstore
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scsi_testlib
 
-from scsi_testlib import RecordingStore, make_target  # noqa: E402
+from scsi_testlib import RecordingStore, make_target
 
 
 @pytest.fixture

@@ -215,3 +215,16 @@ async def test_cdb_may_be_a_bytearray_or_memoryview(target):
 async def test_inquiry_ignores_data_out(target):
     r = await run(target, inquiry(), b"junk")
     assert r.status is ScsiStatus.GOOD
+
+
+@pytest.mark.parametrize("cdb", [None, 42, "INQUIRY"])
+async def test_cdb_of_the_wrong_type_never_raises(target, cdb):
+    r = await target.execute(0, cdb, None, 0)  # type: ignore[arg-type]
+    assert r.status is ScsiStatus.CHECK_CONDITION
+
+
+def test_lun_range_enforced():
+    with pytest.raises(ValueError):
+        ScsiTarget({0x4000: lu()})
+    with pytest.raises(ValueError):
+        ScsiTarget().add_lun(-1, lu())
