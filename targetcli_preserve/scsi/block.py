@@ -78,15 +78,20 @@ def read(lu: LogicalUnit, cmd: Read) -> bytes | Awaitable[bytes]:
     _check_transfer(lu, cmd.lba, cmd.blocks, cmd.length_byte)
     if cmd.blocks == 0:
         return b""
-    return _finish_read(lu.store.read(cmd.lba, cmd.blocks))
+    return _finish_read(lu.store.read(cmd.lba, cmd.blocks), cmd.blocks * lu.block_size)
 
 
-async def _finish_read(pending: Awaitable[bytes]) -> bytes:
+async def _finish_read(pending: Awaitable[bytes], expected_length: int) -> bytes:
     try:
-        return bytes(await pending)
+        data = bytes(await pending)
     except BackendError as err:
         log.warning("read failed: %s", err)
         raise SenseError(SenseKey.MEDIUM_ERROR, Asc.UNRECOVERED_READ_ERROR) from err
+    if len(data) != expected_length:
+        # never hand the initiator a short or padded buffer as if it were the blocks
+        log.error("store returned %d bytes for a %d-byte read", len(data), expected_length)
+        raise SenseError(SenseKey.MEDIUM_ERROR, Asc.UNRECOVERED_READ_ERROR)
+    return data
 
 
 def write(
@@ -122,14 +127,15 @@ def verify(
     expected = None
     if cmd.bytchk is ByteCheck.COMPARE:
         expected = _data_out_bytes(lu, cmd.blocks, data_out, data_out_length)
-    return _finish_verify(lu.store.read(cmd.lba, cmd.blocks), expected)
+    pending = lu.store.read(cmd.lba, cmd.blocks)
+    return _finish_verify(pending, cmd.blocks * lu.block_size, expected)
 
 
 async def _finish_verify(
-    pending: Awaitable[bytes], expected: bytes | Awaitable[bytes] | None
+    pending: Awaitable[bytes], length: int, expected: bytes | Awaitable[bytes] | None
 ) -> bytes:
     try:
-        actual = await _finish_read(pending)
+        actual = await _finish_read(pending, length)
     except SenseError:
         close = getattr(expected, "close", None)  # an un-awaited Data-Out coroutine
         if close is not None:

@@ -367,3 +367,13 @@ async def test_unexpected_store_exception_is_internal_target_failure(target, sto
     store.read = boom  # type: ignore[method-assign]
     r = await run(target, read10(0, 1))
     assert sense_of(r) == (0x04, 0x44, 0x00)
+
+
+async def test_short_read_from_store_is_medium_error(target, store):
+    async def short() -> bytes:
+        return b"\x00" * 100
+
+    store.read = lambda lba, n: short()  # type: ignore[method-assign]
+    r = await run(target, read10(0, 1))
+    assert sense_of(r) == (0x03, 0x11, 0x00)
+    assert r.data == b""
