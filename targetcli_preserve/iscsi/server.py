@@ -1,0 +1,292 @@
+"""The asyncio edge of the built-in iSCSI target: sockets in, sockets out.
+
+Owns listening, one :class:`asyncio.Protocol` per TCP connection, and the hand-off to
+the SCSI layer. All protocol logic lives in the sans-I/O :class:`Connection`; this
+module only turns its events into ``ScsiTarget.execute`` calls (in the order the
+events come, which is CmdSN order) and Futures for write data, and writes what the
+connection queued. Writes are coalesced: at most one transport write per loop
+iteration per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from functools import partial
+
+from targetcli_preserve.iscsi.login import SessionParams, SessionType, TargetLimits
+from targetcli_preserve.iscsi.session import (
+    CloseConnection,
+    Connection,
+    DataOutAborted,
+    DataOutReady,
+    ExecuteCommand,
+    LoginComplete,
+)
+from targetcli_preserve._errors import ProtocolError
+
+_log = logging.getLogger(__name__)
+
+_CHECK_CONDITION = 0x02
+# Fixed-format sense, HARDWARE ERROR / INTERNAL TARGET FAILURE (SPC-4 4.5.3): the last
+# resort when the SCSI layer raised instead of answering.
+_INTERNAL_FAILURE_SENSE = bytes(
+    [0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
+
+
+class WriteDataAborted(ProtocolError):
+    """The write data of a command will never arrive (task aborted or connection lost)."""
+
+
+class _Resumed:
+    """An awaitable continuing an ``__await__`` iterator that already yielded ``first``
+    (a Task sends None into it after ``first`` completes, as it would have)."""
+
+    __slots__ = ("it", "first")
+
+    def __init__(self, it, first) -> None:
+        self.it = it
+        self.first = first
+
+    def __await__(self):
+        yield self.first
+        return (yield from self.it)
+
+
+class _IscsiProtocol(asyncio.Protocol):
+    __slots__ = ("server", "loop", "transport", "conn", "_futures", "_running",
+                 "_flush_pending", "_closing", "session_key")
+
+    def __init__(self, server: IscsiServer) -> None:
+        self.server = server
+        self.loop = server._loop
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self._futures: dict[int, asyncio.Future] = {}
+        self._running: set[asyncio.Future] = set()
+        self._flush_pending = False
+        self._closing = False
+        self.session_key: tuple | None = None
+
+    # ------------------------------------------------------------------ transport side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("sockname") or ("127.0.0.1", self.server.port)
+        srv = self.server
+        self.conn = Connection(srv.targets, portal=(sock[0], sock[1]),
+                               portal_group_tag=srv.portal_group_tag, limits=srv.limits,
+                               allocate_tsih=srv._allocate_tsih, lun_exists=srv._lun_exists)
+        srv._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or self._closing:
+            return
+        self._handle(conn.receive_data(data))
+        self._schedule_flush()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._connections.discard(self)
+        if self.session_key is not None and self.server._sessions.get(self.session_key) is self:
+            del self.server._sessions[self.session_key]
+        self._closing = True
+        if self.conn is not None:
+            self._handle(self.conn.connection_lost())
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(WriteDataAborted("connection lost"))
+        self._futures.clear()
+
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.pause_reading()  # back-pressure: stop taking new commands
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ events
+
+    def _handle(self, events: list) -> None:
+        for ev in events:
+            t = type(ev)
+            if t is ExecuteCommand:
+                self._execute(ev)
+            elif t is DataOutReady:
+                fut = self._futures.pop(ev.initiator_task_tag, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(ev.data)
+            elif t is DataOutAborted:
+                fut = self._futures.pop(ev.initiator_task_tag, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(WriteDataAborted("task aborted"))
+                    fut.exception()  # mark retrieved: nobody may be awaiting it
+            elif t is LoginComplete:
+                self.server._session_started(self, ev.params)
+            elif t is CloseConnection:
+                _log.debug("closing iSCSI connection: %s", ev.reason)
+                self._closing = True
+                self._schedule_flush()
+
+    def _execute(self, ev: ExecuteCommand) -> None:
+        itt = ev.initiator_task_tag
+        target = self.server.targets.get(self.conn.target_name)
+        if target is None:
+            # The target was removed under a live session: end the session.
+            self._closing = True
+            self._schedule_flush()
+            return
+        if ev.data_pending:
+            data_out = self.loop.create_future()
+            self._futures[itt] = data_out
+        else:
+            data_out = ev.data
+        try:
+            aw = target.execute(ev.lun, ev.cdb, data_out, ev.data_out_length)
+            # Drive the awaitable one step here: most commands (anything served from
+            # memory, every CDB error) finish without suspending, and then no Task is
+            # needed. One that suspends continues in a Task from where it stopped.
+            it = aw.__await__()
+            try:
+                first = it.send(None)
+            except StopIteration as stop:
+                r = stop.value
+                self._complete_with(itt, r.status, r.data, r.sense)
+                return
+            fut = asyncio.ensure_future(_Resumed(it, first))
+        except Exception:  # noqa: BLE001 - the SCSI layer must not take the server down
+            _log.exception("ScsiTarget.execute raised")
+            self._complete_with(itt, _CHECK_CONDITION, b"", _INTERNAL_FAILURE_SENSE)
+            return
+        self._running.add(fut)
+        fut.add_done_callback(partial(self._done, itt))
+
+    def _done(self, itt: int, fut: asyncio.Future) -> None:
+        self._running.discard(fut)
+        if fut.cancelled():
+            status, data, sense = _CHECK_CONDITION, b"", _INTERNAL_FAILURE_SENSE
+        else:
+            exc = fut.exception()
+            if exc is not None:
+                if not isinstance(exc, WriteDataAborted):
+                    _log.error("SCSI command failed: %r", exc)
+                status, data, sense = _CHECK_CONDITION, b"", _INTERNAL_FAILURE_SENSE
+            else:
+                r = fut.result()
+                status, data, sense = r.status, r.data, r.sense
+        self._complete_with(itt, status, data, sense)
+
+    def _complete_with(self, itt: int, status: int, data: bytes, sense: bytes) -> None:
+        self._futures.pop(itt, None)
+        if self.conn is None or self.transport is None or self.transport.is_closing():
+            return
+        self._handle(self.conn.command_completed(itt, status, data, sense))
+        self._schedule_flush()
+
+    # ------------------------------------------------------------------ output
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            return
+        bufs = self.conn.data_to_send()
+        if bufs:
+            tr.write(bufs[0] if len(bufs) == 1 else b"".join(bufs))
+        if self._closing:
+            tr.close()  # after the queued bytes (e.g. a Logout Response) are written
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class IscsiServer:
+    """The built-in iSCSI target: ``targets`` maps IQN -> ScsiTarget and may change while
+    running (targets added or removed take effect for new logins; removing one ends
+    its sessions at their next command)."""
+
+    def __init__(self, host: str, port: int, targets: Mapping[str, object],
+                 portal_group_tag: int = 1, limits: TargetLimits | None = None) -> None:
+        self.host = host
+        self._requested_port = port
+        self.targets = targets
+        self.portal_group_tag = portal_group_tag
+        self.limits = limits or TargetLimits()
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[_IscsiProtocol] = set()
+        self._sessions: dict[tuple, _IscsiProtocol] = {}
+        self._tsih = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: _IscsiProtocol(self), self.host, self._requested_port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening, close every connection, wait (bounded) for running commands."""
+        if self._server is not None:
+            self._server.close()
+        running: set[asyncio.Future] = set()
+        for proto in list(self._connections):
+            running |= proto._running
+            proto.abort()
+        if running:
+            await asyncio.wait(running, timeout=10)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> IscsiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _allocate_tsih(self) -> int:
+        self._tsih = self._tsih % 0xFFFF + 1  # TSIH 0 is reserved (RFC 7143 11.12.6)
+        return self._tsih
+
+    def _lun_exists(self, target_name: str, lun: int) -> bool:
+        target = self.targets.get(target_name)
+        luns = getattr(target, "luns", None)
+        if luns is None:
+            return True
+        try:
+            return lun in luns
+        except TypeError:
+            return True
+
+    def _session_started(self, proto: _IscsiProtocol, params: SessionParams) -> None:
+        if params.session_type is not SessionType.NORMAL:
+            return
+        # Session reinstatement (RFC 7143 6.3.5): the same initiator port (InitiatorName
+        # + ISID) logging in again to the same target replaces the old session.
+        key = (params.initiator_name, params.isid, params.target_name)
+        old = self._sessions.get(key)
+        if old is not None and old is not proto:
+            old.abort()
+        self._sessions[key] = proto
+        proto.session_key = key
