@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from .product import Served, need, qemu_img_read
-from .qemu import QemuIo, Write
+from served import Served, need, qemu_img_read
+from qemu_load import QemuIo, Write
 
 LUN_SIZE = 16 << 20
 SLOT = 65536

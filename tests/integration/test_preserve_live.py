@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from .product import Served, need, qemu_img_read
-from .qemu import QemuIo, apply, overlapping_writes
+from served import Served, need, qemu_img_read
+from qemu_load import QemuIo, apply, overlapping_writes
 
 LUN_SIZE = 16 << 20
 REGION = 4 << 20  # the writes crowd into this much, so they overlap a lot
