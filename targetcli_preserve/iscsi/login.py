@@ -10,11 +10,13 @@ offered; the target's MaxRecvDataSegmentLength and the other limits come from
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field, replace
 
 from targetcli_preserve.iscsi.pdu import LoginRequest, LoginResponse, LoginStatus, Stage
 
+_log = logging.getLogger(__name__)
 MAX_KEY_LEN = 63  # RFC 7143 6.1
 MAX_VALUE_LEN = 8192
 
@@ -231,7 +233,6 @@ class LoginNegotiator:
             self._pending += req.data
             if len(self._pending) > 65536:
                 raise LoginFailed(LoginStatus.OUT_OF_RESOURCES, "login text too long")
-            self._first = False
             return self._response(req, csg=req.csg, nsg=0, transit=False), LoginOutcome.CONTINUE
         data = self._pending + req.data
         self._pending = b""
@@ -241,6 +242,7 @@ class LoginNegotiator:
             raise LoginFailed(LoginStatus.INITIATOR_ERROR, str(err)) from err
 
         answers = self._negotiate(pairs, first=self._first)
+        _log.debug("login keys %s -> %s", pairs, answers)
         self._first = False
 
         transit = req.transit
@@ -347,6 +349,8 @@ class LoginNegotiator:
             return [(key, "Reject")]  # RFC 7143 6.2.1: no acceptable value
         if key == "MaxRecvDataSegmentLength":
             # Declarative, one per direction (RFC 7143 13.12).
+            # An invalid value leaves the initiator at the default 8192 (RFC 7143 13.12).
+            self._declared_mrdsl = True
             try:
                 n = _parse_number(value)
             except ValueError:
@@ -354,7 +358,6 @@ class LoginNegotiator:
             if not 512 <= n <= 0xFFFFFF:
                 return [(key, "Reject")]
             p.initiator_max_recv_data_segment_length = n
-            self._declared_mrdsl = True
             return [(key, str(lim.max_recv_data_segment_length))]
         if key in _NUMERIC:
             lo, hi, fn = _NUMERIC[key]

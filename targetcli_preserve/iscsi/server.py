@@ -280,6 +280,7 @@ class IscsiServer:
             return True
 
     def _session_started(self, proto: _IscsiProtocol, params: SessionParams) -> None:
+        _log.debug("login complete: %s", params)
         if params.session_type is not SessionType.NORMAL:
             return
         # Session reinstatement (RFC 7143 6.3.5): the same initiator port (InitiatorName
