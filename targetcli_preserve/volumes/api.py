@@ -62,7 +62,9 @@ def _new_partial(path: Path, size: int) -> int:
     if os.path.lexists(path):
         raise FileExistsError(errno.EEXIST, "exists", str(path))
     _remove_blocking(path)  # leftovers of a half-made volume that was never published
-    fd = os.open(sidecar.partial_path(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
+    fd = os.open(
+        sidecar.partial_path(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600
+    )
     if size:
         try:
             os.ftruncate(fd, size)
@@ -258,7 +260,9 @@ async def _open(
         if src.size < size:
             raise BackendError(f"source {src.path} of {path} is smaller than the clone")
         assert meta.chunk_size is not None
-        bitmap = await _run(ChunkBitmap.load, sidecar.bitmap_path(path), -(-size // meta.chunk_size))
+        bitmap = await _run(
+            ChunkBitmap.load, sidecar.bitmap_path(path), -(-size // meta.chunk_size)
+        )
     except BaseException as err:
         os.close(fd)
         for s in owned:
@@ -282,7 +286,9 @@ async def open_volume(
     A lazy clone that was not hydrated reloads its bitmap, reopens its source chain
     read-only (or uses ``source``, an already open volume at the recorded source path,
     which it does not own) and resumes background hydration."""
-    return await _open(Path(path).absolute(), source=source, read_only=read_only, background=background)
+    return await _open(
+        Path(path).absolute(), source=source, read_only=read_only, background=background
+    )
 
 
 async def remove_volume(path: Path) -> None:

@@ -36,6 +36,7 @@ never reads its source again: it behaves as a plain file volume from then on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -163,9 +164,7 @@ class LazyVolume(FileVolume):
         if self._complete:
             return pread_exact(self._fd, length, offset)
         parts = [
-            pread_exact(self._fd, n, start)
-            if hydrated
-            else self._source._read_blocking(start, n)
+            pread_exact(self._fd, n, start) if hydrated else self._source._read_blocking(start, n)
             for hydrated, start, n in self._runs(offset, length)
         ]
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -289,7 +288,9 @@ class LazyVolume(FileVolume):
             if not todo:
                 await self._write_file(offset, data)
                 return
-            await self._call("hydrate and write", self._hydrate_and_write_blocking, todo, offset, data)
+            await self._call(
+                "hydrate and write", self._hydrate_and_write_blocking, todo, offset, data
+            )
             await self._mark(todo)
         finally:
             for lock in held:
@@ -331,10 +332,10 @@ class LazyVolume(FileVolume):
         self._stopping = True
         task = self._hydrator
         if task is not None and not task.done():
-            try:
-                await task  # it stops between chunks: no copy left running in a thread
-            except Exception:  # noqa: BLE001 - already recorded in self._error
-                pass
+            # It stops between chunks, so no copy is left running in a worker thread;
+            # a failure is already recorded in self._error.
+            with contextlib.suppress(Exception):
+                await task
         self._done.set()
         self._bitmap.close()
         await super().close()
@@ -351,7 +352,9 @@ class LazyVolume(FileVolume):
         c = bm.next_clear(self._cursor)
         if c is None:
             return False
-        nd = await self._call("find data in source of", self._source._next_data_blocking, c * self._cs)
+        nd = await self._call(
+            "find data in source of", self._source._next_data_blocking, c * self._cs
+        )
         hole_end = self._nchunks if nd >= self.size else nd // self._cs
         if hole_end > c:
             # Chunks c..hole_end-1 are holes in the source: set their bits without

@@ -148,8 +148,10 @@ async def test_clone_time_does_not_grow_with_size_on_xfs(
     for size in (GiB, 64 * GiB):
         results[size] = await _timed_clone(xfs_tmp, size, strategy)
     for size, (elapsed, work) in results.items():
-        print(f"\nxfs {strategy.value} clone of {size // GiB:>2} GiB sparse: "
-              f"{elapsed * 1000:.2f} ms, {work}")
+        print(
+            f"\nxfs {strategy.value} clone of {size // GiB:>2} GiB sparse: "
+            f"{elapsed * 1000:.2f} ms, {work}"
+        )
         assert work["strategy"] is strategy
         # No data copied: a few KiB of syscall I/O and no new space, whatever the size.
         assert work["rchar"] < 64 * 1024 and work["wchar"] < 16 * 1024
@@ -162,8 +164,10 @@ async def test_clone_time_does_not_grow_with_size_on_xfs(
 async def test_clone_time_does_not_grow_with_size_on_ext4(tmp_path: Path) -> None:
     results = {size: await _timed_clone(tmp_path, size, None) for size in (GiB, 64 * GiB)}
     for size, (elapsed, work) in results.items():
-        print(f"\next4 automatic clone of {size // GiB:>2} GiB sparse: "
-              f"{elapsed * 1000:.2f} ms, {work}")
+        print(
+            f"\next4 automatic clone of {size // GiB:>2} GiB sparse: "
+            f"{elapsed * 1000:.2f} ms, {work}"
+        )
         assert work["strategy"] is CloneStrategy.LAZY
         assert work["rchar"] < 64 * 1024 and work["wchar"] < 16 * 1024
         assert elapsed < 1.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import os
 from pathlib import Path
 
 import pytest
@@ -33,16 +32,3 @@ def lazy_dir(tmp_path: Path) -> Path:
     if reflink_works(tmp_path):
         pytest.skip(f"{tmp_path} supports reflink; these tests need a filesystem without it")
     return tmp_path
-
-
-def io_counters() -> dict[str, int]:
-    """This process's I/O syscall byte counters (all threads), from /proc/self/io."""
-    out = {}
-    for line in Path("/proc/self/io").read_text().splitlines():
-        key, value = line.split(":")
-        out[key] = int(value)
-    return out
-
-
-def allocated_bytes(path: Path) -> int:
-    return os.stat(path).st_blocks * 512

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import allocated_bytes, io_counters
+from volume_testlib import allocated_bytes, io_counters
 
 from targetcli_preserve._errors import BackendError, UserError
 from targetcli_preserve.volumes import (
@@ -115,9 +115,7 @@ async def test_partial_write_hydrates_its_chunk(lazy_dir: Path, monkeypatch) -> 
         expect[CS + 1000 : CS + 1100] = b"W" * 100
         assert await clone.read(0, 3 * CS) == bytes(expect)
         # the clone's own file now holds chunk 1 in full
-        with open(lazy_dir / "c", "rb") as f:
-            f.seek(CS)
-            assert f.read(CS) == bytes(expect[CS : 2 * CS])
+        assert (lazy_dir / "c").read_bytes()[CS : 2 * CS] == bytes(expect[CS : 2 * CS])
         assert await src.read(0, 3 * CS) == pattern(1, 3 * CS)  # source untouched
     finally:
         await clone.close()
@@ -165,8 +163,7 @@ async def test_bitmap_survives_a_crash_and_open_volume_resumes(lazy_dir: Path) -
     # Crash: no flush, no close. The object is simply dropped (fds leak like a dead
     # process's would until the kernel closes them).
     del clone
-    with open(lazy_dir / "c.bitmap", "rb") as f:
-        assert f.read(2) == bytes([0b0100_0011, 0])
+    assert (lazy_dir / "c.bitmap").read_bytes() == bytes([0b0100_0011, 0])
     again = await open_volume(lazy_dir / "c", source=src, background=False)
     try:
         assert isinstance(again, LazyVolume)
