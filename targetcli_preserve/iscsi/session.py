@@ -358,11 +358,14 @@ class Connection:
 
     def _dispatch(self, pdu) -> None:
         if type(pdu) is BadPdu:
-            if self.phase is Phase.FULL_FEATURE:
-                self._reject(pdu.header, pdu.reason)
+            if self.phase is not Phase.FULL_FEATURE:
+                self._close(pdu.message)
+                return
+            self._reject(pdu.header, pdu.reason)
             # ErrorRecoveryLevel 0: a digest error or broken framing ends the connection
-            # (RFC 7143 7.8, 7.12); the Reject above tells the initiator why.
-            self._close(pdu.message)
+            # (RFC 7143 7.8, 7.12) after the Reject; an unknown opcode does not.
+            if pdu.fatal or pdu.reason == RejectReason.DATA_DIGEST_ERROR:
+                self._close(pdu.message)
             return
         if self.phase is Phase.LOGIN:
             if type(pdu) is not LoginRequest:
