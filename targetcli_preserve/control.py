@@ -128,8 +128,12 @@ def call(path: Path, command: str, timeout: float | None = 60.0, **args: Any) ->
             data += chunk
     except TimeoutError as err:
         raise BackendError(f"the daemon did not answer {command!r} within {timeout} s") from err
+    except OSError as err:  # it died or closed on us mid-request
+        raise BackendError(f"lost the daemon during {command!r}: {err.strerror}") from err
     finally:
         sock.close()
+    if not data:
+        raise BackendError(f"the daemon closed the connection during {command!r}")
     try:
         reply = json.loads(data)
     except ValueError as err:

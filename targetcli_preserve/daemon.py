@@ -87,7 +87,7 @@ class Daemon:
             engine = Engine(first_seq=catalog.last_seq, first_cut=catalog.next_cut_id)
             for spec in cfg.luns:
                 gens = catalog.luns[spec.name].generations
-                engine.add_lun(spec.name, [(g.index, g.cut_seq) for g in gens])
+                engine.add_lun(spec.name, [(g.index, g.cut_seq, g.cut_id) for g in gens])
         except BaseException:
             for vol in volumes.values():
                 await vol.close()
@@ -204,6 +204,7 @@ class Daemon:
             "luns": [
                 {
                     "name": n,
+                    "inflight_at_cut": cut.inflight_at_cut[n],
                     "preserved": self._volume_info(n, cut.new_generation[n] - 1),
                     "live": self._volume_info(n, cut.new_generation[n]),
                 }

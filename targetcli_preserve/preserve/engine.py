@@ -100,6 +100,7 @@ class Cut:
     state: CutState = CutState.CLONING
     pending_clones: set[str] = field(default_factory=set)
     error: str | None = None
+    inflight_at_cut: dict[str, int] = field(default_factory=dict)  # pre-cut, per LUN
 
 
 # ---- actions: what the driver must do -------------------------------------------
@@ -196,13 +197,16 @@ class Engine:
 
     # ---- configuration -------------------------------------------------------
 
-    def add_lun(self, name: str, generations: Sequence[tuple[int, int]] = ((0, 0),)) -> None:
-        """Serve ``name``; ``generations`` lists (index, cut_seq) oldest first, all but
-        the newest already frozen (a restart resolves drains before adding)."""
+    def add_lun(
+        self, name: str, generations: Sequence[tuple[int, int, int | None]] = ((0, 0, None),)
+    ) -> None:
+        """Serve ``name``; ``generations`` lists (index, cut_seq, cut_id) oldest first,
+        all but the newest already frozen (a restart resolves drains before adding)."""
         if name in self._luns:
             raise UserError(f"LUN {name!r} already exists")
         gens = [
-            Generation(index, cut_seq, VolumeState.FROZEN) for index, cut_seq in generations
+            Generation(index, cut_seq, VolumeState.FROZEN, cut_id)
+            for index, cut_seq, cut_id in generations
         ]
         gens[-1].state = VolumeState.LIVE
         self._luns[name] = _Lun(name, gens)
@@ -300,6 +304,7 @@ class Engine:
             lun.generations.append(new)
             cut.new_generation[lun.name] = new.index
             cut.pending_clones.add(lun.name)
+            cut.inflight_at_cut[lun.name] = sum(lun.inflight.values())
             actions.append(Clone(cut, lun.name, source.index, new.index))
         return cut, actions
 

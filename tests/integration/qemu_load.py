@@ -2,7 +2,9 @@
 
 qemu-io reads commands from a pipe and runs its event loop between them, so
 ``aio_write`` lines fed in order are issued in that order (CmdSN order) and stay in
-flight together: exactly the load a preserve must cut through.
+flight together: exactly the load a preserve must cut through. Lines are fed one at a
+time: qemu-io reads its pipe through stdio, and lines that arrive together wait in the
+stdio buffer until more input comes (they keep their order, only later).
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ class QemuIo:
 
     def __init__(self, url: str) -> None:
         self.proc = subprocess.Popen(
-            ["qemu-io", "-f", "raw", url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            ["stdbuf", "-oL", "qemu-io", "-f", "raw", url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         self.lines: list[str] = []
+        self.sent = 0  # commands handed to qemu-io so far
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -69,6 +72,18 @@ class QemuIo:
     def send(self, text: str) -> None:
         self.proc.stdin.write(text)
         self.proc.stdin.flush()
+
+    def feed(self, lines: list[str], gap: float = 0.0005) -> None:
+        """Send ``lines`` one by one; ``sent`` counts each before it goes out."""
+        for line in lines:
+            self.sent += 1
+            self.send(line)
+            time.sleep(gap)
+
+    def feed_in_background(self, lines: list[str], gap: float = 0.0005) -> threading.Thread:
+        feeder = threading.Thread(target=self.feed, args=(lines, gap), daemon=True)
+        feeder.start()
+        return feeder
 
     def acknowledged(self) -> list[tuple[int, int]]:
         """(offset, length) of every write qemu-io saw complete."""

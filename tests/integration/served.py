@@ -83,6 +83,12 @@ class Served:
         assert done.returncode == 0, done.stderr + done.stdout
         return json.loads(done.stdout)
 
+    def call(self, command: str, **args):
+        """One control request in-process (no CLI start-up time: for timing-sensitive cuts)."""
+        from targetcli_preserve import control
+
+        return control.call(self.state_dir / "control.sock", command, **args)
+
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc is None:
             return 0

@@ -16,6 +16,7 @@ XFS loop image.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -46,29 +47,37 @@ def frozen_prefix(frozen: bytes, writes, lo: int, hi: int) -> int | None:
 
 
 def run_load_with_cut(served: Served, luns: list[int], names: list[str], seed: int):
-    """Drive one qemu-io per LUN; preserve all LUNs together mid-stream."""
+    """Drive one qemu-io per LUN; preserve all LUNs together while writes stream in.
+
+    Returns the writes per LUN, the preserve result, and per LUN the bounds on the cut:
+    writes acknowledged before it (all pre-cut) and writes sent when it returned (no
+    later write can be pre-cut)."""
     loads = [overlapping_writes(seed + n, COUNT, REGION) for n in luns]
     ios = [QemuIo(served.url(n)) for n in luns]
     try:
-        first = 60
+        first, middle = 60, 160
         for io, writes in zip(ios, loads):
-            io.send("".join(w.verbose_line() for w in writes[:first]))
+            io.feed([w.verbose_line() for w in writes[:first]])
         for io in ios:
             io.wait_acknowledged(20)  # the stream is flowing
         acked_before = [len(io.acknowledged()) for io in ios]
-        middle = 140
+        feeders = [io.feed_in_background([w.verbose_line() for w in writes[first:middle]], gap=0.001)
+                   for io, writes in zip(ios, loads)]
+        while min(io.sent for io in ios) < first + 30:
+            time.sleep(0.001)
+        cut = served.call("preserve", luns=names, wait=True)  # writes are in flight now
+        sent_before = [io.sent for io in ios]
+        for feeder in feeders:
+            feeder.join(30)
         for io, writes in zip(ios, loads):
-            io.send("".join(w.verbose_line() for w in writes[first:middle]))
-        cut = served.json("preserve", "--wait", *names)  # writes are in flight now
-        for io, writes in zip(ios, loads):
-            io.send("".join(w.verbose_line() for w in writes[middle:]))
+            io.feed([w.verbose_line() for w in writes[middle:]])
         outputs = [io.finish() for io in ios]
     finally:
         for io in ios:
             io.kill()
     for out in outputs:
         assert "error" not in out.lower() and "failed" not in out.lower(), out
-    return loads, cut, acked_before, middle
+    return loads, cut, acked_before, sent_before
 
 
 def check_lun(served: Served, tmp_path: Path, lun: int, entry: dict, writes, lo: int, hi: int):
@@ -84,13 +93,14 @@ def check_lun(served: Served, tmp_path: Path, lun: int, entry: dict, writes, lo:
 def test_preserve_under_async_writes(state_dir, clone_strategy, tmp_path):
     served = Served(state_dir, [f"lun0:{LUN_SIZE}"]).start()
     try:
-        (writes,), cut, (acked,), sent = run_load_with_cut(served, [0], ["lun0"], seed=1)
+        (writes,), cut, (acked,), (sent,) = run_load_with_cut(served, [0], ["lun0"], seed=1)
         k = check_lun(served, tmp_path, 0, cut["luns"][0], writes, acked, sent)
         vols = served.json("volumes", "lun0")
         assert [v["state"] for v in vols] == ["frozen", "live"]
         assert vols[1]["clone"] == clone_strategy
         assert vols[1]["cut"] == cut["seq"]
-        print(f"{clone_strategy}: cut after {k} of {len(writes)} writes ({acked} acked before)")
+        print(f"{clone_strategy}: cut after {k} of {len(writes)} writes ({acked} acked before, "
+              f"{cut['luns'][0]['inflight_at_cut']} in flight at the cut)")
     finally:
         assert served.stop() == 0
 
@@ -100,8 +110,8 @@ def test_one_cut_over_two_luns(state_dir, clone_strategy, tmp_path):
     try:
         loads, cut, acked, sent = run_load_with_cut(served, [0, 1], ["lun0", "lun1"], seed=7)
         assert [e["name"] for e in cut["luns"]] == ["lun0", "lun1"]
-        for lun, (writes, entry, lo) in enumerate(zip(loads, cut["luns"], acked)):
-            check_lun(served, tmp_path, lun, entry, writes, lo, sent)
+        for lun, (writes, entry, lo, hi) in enumerate(zip(loads, cut["luns"], acked, sent)):
+            check_lun(served, tmp_path, lun, entry, writes, lo, hi)
         # One T for the whole consistency group (rule 2).
         cuts = {served.json("volumes", name)[-1]["cut"] for name in ("lun0", "lun1")}
         assert cuts == {cut["seq"]}
