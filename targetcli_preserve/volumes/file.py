@@ -5,7 +5,7 @@ exception that is safe by construction: a read is first tried on the event loop 
 ``preadv(..., RWF_NOWAIT)``. With RWF_NOWAIT the kernel copies from the page cache and
 returns EAGAIN (or a short count) instead of waiting for the disk, so the loop never
 blocks on I/O; only a cache miss pays the executor round trip (about 100 us on a
-2-core VM, against 1-2 us for the cached read). Filesystems that do not support it
+2-core VM, against 1-2 us for the cached read; batched, see ``_executor.py``). Filesystems that do not support it
 answer EOPNOTSUPP once and the volume stops trying. Writes always go to the executor:
 a buffered write may allocate blocks or be throttled by dirty-page writeback.
 
@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from targetcli_preserve._errors import BackendError, UserError
-from targetcli_preserve.volumes._executor import EXECUTOR
+from targetcli_preserve.volumes._executor import EXECUTOR, submit
 from targetcli_preserve.volumes.base import CloneStrategy, Volume
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
@@ -105,17 +105,13 @@ class FileVolume(Volume):
             if data is not None:
                 return data
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                EXECUTOR, pread_exact, self._fd, length, offset
-            )
+            return await submit(pread_exact, self._fd, length, offset)
         except OSError as err:
             raise BackendError(f"read {self.path} at {offset}+{length}: {err.strerror}") from err
 
     async def _write_file(self, offset: int, data: bytes) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                EXECUTOR, pwrite_all, self._fd, data, offset
-            )
+            await submit(pwrite_all, self._fd, data, offset)
         except OSError as err:
             raise BackendError(
                 f"write {self.path} at {offset}+{len(data)}: {err.strerror}"
