@@ -30,16 +30,16 @@ _Call = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
 
 
 class _Batcher:
-    __slots__ = ("loop", "pending", "__weakref__")
+    # No reference to the loop: it is this object's weak key in _batchers.
+    __slots__ = ("pending",)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.pending: list[_Call] = []
 
-    def dispatch(self) -> None:
+    def dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self.pending = self.pending, []
         for i in range(0, len(batch), MAX_BATCH):
-            EXECUTOR.submit(_run_batch, self.loop, batch[i : i + MAX_BATCH])
+            EXECUTOR.submit(_run_batch, loop, batch[i : i + MAX_BATCH])
 
 
 def _run_batch(loop: asyncio.AbstractEventLoop, batch: list[_Call]) -> None:
@@ -75,9 +75,9 @@ def submit(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     loop = asyncio.get_running_loop()
     batcher = _batchers.get(loop)
     if batcher is None:
-        batcher = _batchers[loop] = _Batcher(loop)
+        batcher = _batchers[loop] = _Batcher()
     fut = loop.create_future()
     if not batcher.pending:
-        loop.call_soon(batcher.dispatch)
+        loop.call_soon(batcher.dispatch, loop)
     batcher.pending.append((fn, args, fut))
     return fut

@@ -27,7 +27,7 @@ from targetcli_preserve.volumes._executor import EXECUTOR
 from targetcli_preserve.volumes.base import CloneStrategy, Volume
 from targetcli_preserve.volumes.bitmap import ChunkBitmap
 from targetcli_preserve.volumes.file import FileVolume
-from targetcli_preserve.volumes.lazy import DEFAULT_CHUNK_SIZE, LazyVolume
+from targetcli_preserve.volumes.lazy import DEFAULT_CHUNK_SIZE, LazyVolume, readers_of
 from targetcli_preserve.volumes.reflink import ReflinkUnsupported, reflink
 
 _OPEN_FLAGS = os.O_CLOEXEC
@@ -295,8 +295,12 @@ async def remove_volume(path: Path) -> None:
     """Delete the volume at ``path`` and all its sidecar files. Idempotent.
 
     Close any open Volume on it first; a lazy clone still reading through this volume
-    must be hydrated (or removed) before."""
+    must be hydrated (or closed) before: that is checked for clones open in this process."""
     path = Path(path).absolute()
+    readers = readers_of(path)
+    if readers:
+        names = ", ".join(sorted(map(str, readers)))
+        raise UserError(f"cannot remove {path}: lazy clone(s) {names} still read through it")
     try:
         await _run(_remove_blocking, path)
     except OSError as err:

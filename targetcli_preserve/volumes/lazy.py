@@ -59,6 +59,16 @@ _YIELD_STEPS = 20
 _YIELD_STEP_S = 0.0005
 
 
+#: Source path -> the open, not yet hydrated lazy clones reading through it (rule 3: a
+#: volume stays as long as a lazy clone still reads through it; remove_volume checks).
+_readers: dict[Path, set[Path]] = {}
+
+
+def readers_of(path: Path) -> set[Path]:
+    """Paths of open lazy clones in this process that still read through ``path``."""
+    return set(_readers.get(path, ()))
+
+
 _SPARSE_PIECE = 64 * 1024
 _ZERO_PIECE = bytes(_SPARSE_PIECE)
 
@@ -104,6 +114,7 @@ class LazyVolume(FileVolume):
         self._cs = meta.chunk_size
         self._nchunks = bitmap.nchunks
         self._owned_sources = owned_sources
+        _readers.setdefault(source.path, set()).add(path)
         self._complete = False
         self._locks: dict[int, asyncio.Lock] = {}
         self._fg = 0  # foreground operations on the slow (not hydrated) path
@@ -112,6 +123,13 @@ class LazyVolume(FileVolume):
         self._stopping = False
         self._done = asyncio.Event()
         self._error: BaseException | None = None
+
+    def _release_source(self) -> None:
+        readers = _readers.get(self._source.path)
+        if readers is not None:
+            readers.discard(self.path)
+            if not readers:
+                del _readers[self._source.path]
 
     @property
     def source(self) -> FileVolume | None:
@@ -337,6 +355,7 @@ class LazyVolume(FileVolume):
             with contextlib.suppress(Exception):
                 await task
         self._done.set()
+        self._release_source()
         self._bitmap.close()
         await super().close()
         for src in self._owned_sources:
@@ -400,6 +419,7 @@ class LazyVolume(FileVolume):
         self._meta = dataclasses.replace(self._meta, hydrated=True)
         await self._call("mark hydrated", sidecar.replace_meta, self.path, self._meta)
         self._complete = True
+        self._release_source()
         if self.read_only:
             await self._reopen_read_only()
         self._done.set()

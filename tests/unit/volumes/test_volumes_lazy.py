@@ -410,3 +410,18 @@ async def test_concurrent_writes_to_one_unhydrated_chunk_with_hydration(lazy_dir
     finally:
         await clone.close()
         await src.close()
+
+
+async def test_a_source_cannot_be_removed_while_a_lazy_clone_reads_through_it(
+    lazy_dir: Path,
+) -> None:
+    src = await make_source(lazy_dir)
+    clone = await clone_volume(src, lazy_dir / "c", chunk_size=CS, background=False)
+    with pytest.raises(UserError, match="still read through it"):
+        await remove_volume(lazy_dir / "src")
+    assert (lazy_dir / "src").exists()
+    await clone.wait_hydrated()
+    await src.close()
+    await remove_volume(lazy_dir / "src")  # hydrated: the source may go
+    assert await clone.read(0, 3 * CS) == pattern(1, 3 * CS)
+    await clone.close()
