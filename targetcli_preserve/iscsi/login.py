@@ -78,6 +78,9 @@ class TargetLimits:
     target_alias: str = ""
 
 
+_DEFAULT_LIMITS = TargetLimits()
+
+
 @dataclass(slots=True)
 class SessionParams:
     """Negotiated operational parameters (RFC 7143 section 13), defaults per the RFC."""
@@ -136,7 +139,7 @@ _ANSWERS = ("NotUnderstood", "Irrelevant", "Reject")
 
 def _parse_number(value: str) -> int:
     if value.lower().startswith("0x"):
-        return int(value[2:], 16)
+        return int(value, 0)
     if not value.isdigit():
         raise ValueError(value)
     return int(value)
@@ -154,9 +157,13 @@ class LoginNegotiator:
     ``targets`` answers whether a TargetName is served here. ``allocate_tsih`` gives a
     new session's TSIH (RFC 7143 11.13.4: set in the final response)."""
 
-    def __init__(self, targets: Container[str], limits: TargetLimits = TargetLimits(),
-                 portal_group_tag: int = 1,
-                 allocate_tsih: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        targets: Container[str],
+        limits: TargetLimits = _DEFAULT_LIMITS,
+        portal_group_tag: int = 1,
+        allocate_tsih: Callable[[], int] | None = None,
+    ) -> None:
         self.targets = targets
         self.limits = limits
         self.portal_group_tag = portal_group_tag
@@ -185,11 +192,18 @@ class LoginNegotiator:
     # ------------------------------------------------------------------ internals
 
     def _response(self, req: LoginRequest, **kw) -> LoginResponse:
-        fields = dict(
-            csg=req.csg, nsg=req.nsg, version_max=0, version_active=0, isid=req.isid,
-            tsih=0, initiator_task_tag=req.initiator_task_tag, stat_sn=self.stat_sn,
-            exp_cmd_sn=self.cmd_sn,
-            max_cmd_sn=(self.cmd_sn + self.limits.queue_depth - 1) & 0xFFFFFFFF)
+        fields = {
+            "csg": req.csg,
+            "nsg": req.nsg,
+            "version_max": 0,
+            "version_active": 0,
+            "isid": req.isid,
+            "tsih": 0,
+            "initiator_task_tag": req.initiator_task_tag,
+            "stat_sn": self.stat_sn,
+            "exp_cmd_sn": self.cmd_sn,
+            "max_cmd_sn": (self.cmd_sn + self.limits.queue_depth - 1) & 0xFFFFFFFF,
+        }
         fields.update(kw)
         rsp = LoginResponse(**fields)
         self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
@@ -198,8 +212,9 @@ class LoginNegotiator:
     def _failure(self, req: LoginRequest, status: LoginStatus) -> LoginResponse:
         # RFC 7143 11.13.5: on a non-zero status the other fields are reserved-ish; keep
         # the ISID/ITT so the initiator can match the response.
-        return self._response(req, status_class=status >> 8, status_detail=status & 0xFF,
-                              transit=False, cont=False)
+        return self._response(
+            req, status_class=status >> 8, status_detail=status & 0xFF, transit=False, cont=False
+        )
 
     def _receive(self, req: LoginRequest) -> tuple[LoginResponse, LoginOutcome]:
         if self._first:
@@ -250,11 +265,13 @@ class LoginNegotiator:
         if final:
             self._finish_checks()
             if not self._declared_mrdsl:
-                answers.append(("MaxRecvDataSegmentLength",
-                                str(self.limits.max_recv_data_segment_length)))
+                answers.append(
+                    ("MaxRecvDataSegmentLength", str(self.limits.max_recv_data_segment_length))
+                )
                 self._declared_mrdsl = True
-        rsp = self._response(req, transit=transit, nsg=req.nsg if transit else 0,
-                             data=encode_text(answers))
+        rsp = self._response(
+            req, transit=transit, nsg=req.nsg if transit else 0, data=encode_text(answers)
+        )
         if not final:
             if transit:
                 self.stage = Stage(req.nsg)
@@ -265,8 +282,7 @@ class LoginNegotiator:
         p.isid = self.isid
         p.tsih = tsih
         p.target_max_recv_data_segment_length = self.limits.max_recv_data_segment_length
-        if p.first_burst_length > p.max_burst_length:
-            p.first_burst_length = p.max_burst_length  # RFC 7143 13.14
+        p.first_burst_length = min(p.first_burst_length, p.max_burst_length)  # RFC 7143 13.14
         self.stage = Stage.FULL_FEATURE_PHASE
         return rsp, LoginOutcome.SUCCESS
 
@@ -343,8 +359,11 @@ class LoginNegotiator:
             offered = value.split(",")
             for choice in offered:
                 if choice in ("None", "CRC32C"):
-                    setattr(p, "header_digest" if key == "HeaderDigest" else "data_digest",
-                            choice == "CRC32C")
+                    setattr(
+                        p,
+                        "header_digest" if key == "HeaderDigest" else "data_digest",
+                        choice == "CRC32C",
+                    )
                     return [(key, choice)]
             return [(key, "Reject")]  # RFC 7143 6.2.1: no acceptable value
         if key == "MaxRecvDataSegmentLength":

@@ -223,8 +223,20 @@ class NopOut:
     data: bytes = b""
 
     def _words(self):
-        return (0x80, 0, 0, self.lun, self.initiator_task_tag, self.target_transfer_tag,
-                self.cmd_sn, self.exp_stat_sn, 0, 0, 0, 0)
+        return (
+            0x80,
+            0,
+            0,
+            self.lun,
+            self.initiator_task_tag,
+            self.target_transfer_tag,
+            self.cmd_sn,
+            self.exp_stat_sn,
+            0,
+            0,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -244,8 +256,20 @@ class NopIn:
     data: bytes = b""
 
     def _words(self):
-        return (0x80, 0, 0, self.lun, self.initiator_task_tag, self.target_transfer_tag,
-                self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn, 0, 0, 0)
+        return (
+            0x80,
+            0,
+            0,
+            self.lun,
+            self.initiator_task_tag,
+            self.target_transfer_tag,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            0,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -291,17 +315,47 @@ class ScsiResponsePdu:
     data: bytes = b""  # SenseLength (2 bytes) + sense data, when there is sense
 
     def _words(self):
-        b1 = (0x80 | self.bidi_overflow << 4 | self.bidi_underflow << 3
-              | self.overflow << 2 | self.underflow << 1)
-        return (b1, self.response, self.status, 0, self.initiator_task_tag, self.snack_tag,
-                self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn, self.exp_data_sn,
-                self.bidirectional_read_residual_count, self.residual_count)
+        b1 = (
+            0x80
+            | self.bidi_overflow << 4
+            | self.bidi_underflow << 3
+            | self.overflow << 2
+            | self.underflow << 1
+        )
+        return (
+            b1,
+            self.response,
+            self.status,
+            0,
+            self.initiator_task_tag,
+            self.snack_tag,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            self.exp_data_sn,
+            self.bidirectional_read_residual_count,
+            self.residual_count,
+        )
 
     @classmethod
     def _from(cls, w, i):
         b1 = w[1]
-        return cls(bool(b1 & 0x10), bool(b1 & 0x08), bool(b1 & 0x04), bool(b1 & 0x02),
-                   w[2], w[3], w[6], w[7], w[8], w[9], w[10], w[11], w[12], w[13])
+        return cls(
+            bool(b1 & 0x10),
+            bool(b1 & 0x08),
+            bool(b1 & 0x04),
+            bool(b1 & 0x02),
+            w[2],
+            w[3],
+            w[6],
+            w[7],
+            w[8],
+            w[9],
+            w[10],
+            w[11],
+            w[12],
+            w[13],
+        )
 
 
 @dataclass(slots=True)
@@ -320,9 +374,20 @@ class TaskManagementRequest:
     data: bytes = b""
 
     def _words(self):
-        return (0x80 | (self.function & 0x7F), 0, 0, self.lun, self.initiator_task_tag,
-                self.referenced_task_tag, self.cmd_sn, self.exp_stat_sn, self.ref_cmd_sn,
-                self.exp_data_sn, 0, 0)
+        return (
+            0x80 | (self.function & 0x7F),
+            0,
+            0,
+            self.lun,
+            self.initiator_task_tag,
+            self.referenced_task_tag,
+            self.cmd_sn,
+            self.exp_stat_sn,
+            self.ref_cmd_sn,
+            self.exp_data_sn,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -341,8 +406,20 @@ class TaskManagementResponse:
     data: bytes = b""
 
     def _words(self):
-        return (0x80, self.response, 0, 0, self.initiator_task_tag, 0, self.stat_sn,
-                self.exp_cmd_sn, self.max_cmd_sn, 0, 0, 0)
+        return (
+            0x80,
+            self.response,
+            0,
+            0,
+            self.initiator_task_tag,
+            0,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            0,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -373,15 +450,39 @@ class LoginRequest:
     immediate: bool = True  # the I bit is always 1 on Login Requests (11.12)
 
     def _words(self):
-        return (_login_flags(self.transit, self.cont, self.csg, self.nsg), self.version_max,
-                self.version_min, self.isid << 16 | self.tsih, self.initiator_task_tag,
-                self.cid << 16, self.cmd_sn, self.exp_stat_sn, 0, 0, 0, 0)
+        return (
+            _login_flags(self.transit, self.cont, self.csg, self.nsg),
+            self.version_max,
+            self.version_min,
+            self.isid << 16 | self.tsih,
+            self.initiator_task_tag,
+            self.cid << 16,
+            self.cmd_sn,
+            self.exp_stat_sn,
+            0,
+            0,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
         b1 = w[1]
-        return cls(bool(b1 & 0x80), bool(b1 & 0x40), b1 >> 2 & 3, b1 & 3, w[2], w[3],
-                   w[5] >> 16, w[5] & 0xFFFF, w[6], w[7] >> 16, w[8], w[9], immediate=i)
+        return cls(
+            bool(b1 & 0x80),
+            bool(b1 & 0x40),
+            b1 >> 2 & 3,
+            b1 & 3,
+            w[2],
+            w[3],
+            w[5] >> 16,
+            w[5] & 0xFFFF,
+            w[6],
+            w[7] >> 16,
+            w[8],
+            w[9],
+            immediate=i,
+        )
 
 
 @dataclass(slots=True)
@@ -405,17 +506,40 @@ class LoginResponse:
     data: bytes = b""
 
     def _words(self):
-        return (_login_flags(self.transit, self.cont, self.csg, self.nsg), self.version_max,
-                self.version_active, self.isid << 16 | self.tsih, self.initiator_task_tag, 0,
-                self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn,
-                self.status_class << 24 | self.status_detail << 16, 0, 0)
+        return (
+            _login_flags(self.transit, self.cont, self.csg, self.nsg),
+            self.version_max,
+            self.version_active,
+            self.isid << 16 | self.tsih,
+            self.initiator_task_tag,
+            0,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            self.status_class << 24 | self.status_detail << 16,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
         b1 = w[1]
-        return cls(bool(b1 & 0x80), bool(b1 & 0x40), b1 >> 2 & 3, b1 & 3, w[2], w[3],
-                   w[5] >> 16, w[5] & 0xFFFF, w[6], w[8], w[9], w[10], w[11] >> 24,
-                   w[11] >> 16 & 0xFF)
+        return cls(
+            bool(b1 & 0x80),
+            bool(b1 & 0x40),
+            b1 >> 2 & 3,
+            b1 & 3,
+            w[2],
+            w[3],
+            w[5] >> 16,
+            w[5] & 0xFFFF,
+            w[6],
+            w[8],
+            w[9],
+            w[10],
+            w[11] >> 24,
+            w[11] >> 16 & 0xFF,
+        )
 
 
 @dataclass(slots=True)
@@ -433,8 +557,20 @@ class TextRequest:
     data: bytes = b""
 
     def _words(self):
-        return (self.final << 7 | self.cont << 6, 0, 0, self.lun, self.initiator_task_tag,
-                self.target_transfer_tag, self.cmd_sn, self.exp_stat_sn, 0, 0, 0, 0)
+        return (
+            self.final << 7 | self.cont << 6,
+            0,
+            0,
+            self.lun,
+            self.initiator_task_tag,
+            self.target_transfer_tag,
+            self.cmd_sn,
+            self.exp_stat_sn,
+            0,
+            0,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -456,14 +592,24 @@ class TextResponse:
     data: bytes = b""
 
     def _words(self):
-        return (self.final << 7 | self.cont << 6, 0, 0, self.lun, self.initiator_task_tag,
-                self.target_transfer_tag, self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn,
-                0, 0, 0)
+        return (
+            self.final << 7 | self.cont << 6,
+            0,
+            0,
+            self.lun,
+            self.initiator_task_tag,
+            self.target_transfer_tag,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            0,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
-        return cls(bool(w[1] & 0x80), bool(w[1] & 0x40), w[5], w[6], w[7], w[8], w[9],
-                   w[10])
+        return cls(bool(w[1] & 0x80), bool(w[1] & 0x40), w[5], w[6], w[7], w[8], w[9], w[10])
 
 
 @dataclass(slots=True)
@@ -480,9 +626,20 @@ class DataOut:
     data: bytes = b""
 
     def _words(self):
-        return (self.final << 7, 0, 0, self.lun, self.initiator_task_tag,
-                self.target_transfer_tag, 0, self.exp_stat_sn, 0, self.data_sn,
-                self.buffer_offset, 0)
+        return (
+            self.final << 7,
+            0,
+            0,
+            self.lun,
+            self.initiator_task_tag,
+            self.target_transfer_tag,
+            0,
+            self.exp_stat_sn,
+            0,
+            self.data_sn,
+            self.buffer_offset,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -511,18 +668,48 @@ class DataIn:
     data: bytes = b""
 
     def _words(self):
-        b1 = (self.final << 7 | self.acknowledge << 6 | self.overflow << 2
-              | self.underflow << 1 | self.status_present)
-        return (b1, 0, self.status, self.lun, self.initiator_task_tag,
-                self.target_transfer_tag, self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn,
-                self.data_sn, self.buffer_offset, self.residual_count)
+        b1 = (
+            self.final << 7
+            | self.acknowledge << 6
+            | self.overflow << 2
+            | self.underflow << 1
+            | self.status_present
+        )
+        return (
+            b1,
+            0,
+            self.status,
+            self.lun,
+            self.initiator_task_tag,
+            self.target_transfer_tag,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            self.data_sn,
+            self.buffer_offset,
+            self.residual_count,
+        )
 
     @classmethod
     def _from(cls, w, i):
         b1 = w[1]
-        return cls(bool(b1 & 0x80), bool(b1 & 0x40), bool(b1 & 0x04), bool(b1 & 0x02),
-                   bool(b1 & 0x01), w[3], w[5], w[6], w[7], w[8], w[9], w[10], w[11], w[12],
-                   w[13])
+        return cls(
+            bool(b1 & 0x80),
+            bool(b1 & 0x40),
+            bool(b1 & 0x04),
+            bool(b1 & 0x02),
+            bool(b1 & 0x01),
+            w[3],
+            w[5],
+            w[6],
+            w[7],
+            w[8],
+            w[9],
+            w[10],
+            w[11],
+            w[12],
+            w[13],
+        )
 
 
 @dataclass(slots=True)
@@ -538,8 +725,20 @@ class LogoutRequest:
     data: bytes = b""
 
     def _words(self):
-        return (0x80 | (self.reason_code & 0x7F), 0, 0, 0, self.initiator_task_tag,
-                self.cid << 16, self.cmd_sn, self.exp_stat_sn, 0, 0, 0, 0)
+        return (
+            0x80 | (self.reason_code & 0x7F),
+            0,
+            0,
+            0,
+            self.initiator_task_tag,
+            self.cid << 16,
+            self.cmd_sn,
+            self.exp_stat_sn,
+            0,
+            0,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -560,9 +759,20 @@ class LogoutResponse:
     data: bytes = b""
 
     def _words(self):
-        return (0x80, self.response, 0, 0, self.initiator_task_tag, 0, self.stat_sn,
-                self.exp_cmd_sn, self.max_cmd_sn, 0,
-                self.time2wait << 16 | self.time2retain, 0)
+        return (
+            0x80,
+            self.response,
+            0,
+            0,
+            self.initiator_task_tag,
+            0,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            0,
+            self.time2wait << 16 | self.time2retain,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -585,9 +795,20 @@ class R2T:
     data: bytes = b""
 
     def _words(self):
-        return (0x80, 0, 0, self.lun, self.initiator_task_tag, self.target_transfer_tag,
-                self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn, self.r2t_sn,
-                self.buffer_offset, self.desired_data_transfer_length)
+        return (
+            0x80,
+            0,
+            0,
+            self.lun,
+            self.initiator_task_tag,
+            self.target_transfer_tag,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            self.r2t_sn,
+            self.buffer_offset,
+            self.desired_data_transfer_length,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -610,15 +831,34 @@ class AsyncMessage:
     data: bytes = b""
 
     def _words(self):
-        return (0x80, 0, 0, self.lun, RESERVED_TAG, 0, self.stat_sn, self.exp_cmd_sn,
-                self.max_cmd_sn,
-                self.async_event << 24 | self.async_vcode << 16 | self.parameter1,
-                self.parameter2 << 16 | self.parameter3, 0)
+        return (
+            0x80,
+            0,
+            0,
+            self.lun,
+            RESERVED_TAG,
+            0,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            self.async_event << 24 | self.async_vcode << 16 | self.parameter1,
+            self.parameter2 << 16 | self.parameter3,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
-        return cls(w[5], w[8], w[9], w[10], w[11] >> 24, w[11] >> 16 & 0xFF,
-                   w[11] & 0xFFFF, w[12] >> 16, w[12] & 0xFFFF)
+        return cls(
+            w[5],
+            w[8],
+            w[9],
+            w[10],
+            w[11] >> 24,
+            w[11] >> 16 & 0xFF,
+            w[11] & 0xFFFF,
+            w[12] >> 16,
+            w[12] & 0xFFFF,
+        )
 
 
 @dataclass(slots=True)
@@ -633,8 +873,20 @@ class Reject:
     data: bytes = b""  # the complete header of the rejected PDU (11.17.3)
 
     def _words(self):
-        return (0x80, self.reason, 0, 0, RESERVED_TAG, 0, self.stat_sn, self.exp_cmd_sn,
-                self.max_cmd_sn, self.data_sn, 0, 0)
+        return (
+            0x80,
+            self.reason,
+            0,
+            0,
+            RESERVED_TAG,
+            0,
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn,
+            self.data_sn,
+            0,
+            0,
+        )
 
     @classmethod
     def _from(cls, w, i):
@@ -655,29 +907,81 @@ class Snack:
     data: bytes = b""
 
     def _words(self):
-        return (0x80 | (self.type & 0x0F), 0, 0, self.lun, self.initiator_task_tag,
-                self.target_transfer_tag, 0, self.exp_stat_sn, 0, 0, self.beg_run,
-                self.run_length)
+        return (
+            0x80 | (self.type & 0x0F),
+            0,
+            0,
+            self.lun,
+            self.initiator_task_tag,
+            self.target_transfer_tag,
+            0,
+            self.exp_stat_sn,
+            0,
+            0,
+            self.beg_run,
+            self.run_length,
+        )
 
     @classmethod
     def _from(cls, w, i):
         return cls(w[1] & 0x0F, w[5], w[6], w[7], w[9], w[12], w[13])
 
 
-Pdu = (NopOut | NopIn | ScsiCommand | ScsiResponsePdu | TaskManagementRequest
-       | TaskManagementResponse | LoginRequest | LoginResponse | TextRequest | TextResponse
-       | DataOut | DataIn | LogoutRequest | LogoutResponse | R2T | AsyncMessage | Reject
-       | Snack)
+Pdu = (
+    NopOut
+    | NopIn
+    | ScsiCommand
+    | ScsiResponsePdu
+    | TaskManagementRequest
+    | TaskManagementResponse
+    | LoginRequest
+    | LoginResponse
+    | TextRequest
+    | TextResponse
+    | DataOut
+    | DataIn
+    | LogoutRequest
+    | LogoutResponse
+    | R2T
+    | AsyncMessage
+    | Reject
+    | Snack
+)
 
 _INITIATOR_OPCODES = frozenset(
-    {Opcode.NOP_OUT, Opcode.SCSI_COMMAND, Opcode.TASK_MGMT_REQUEST, Opcode.LOGIN_REQUEST,
-     Opcode.TEXT_REQUEST, Opcode.SCSI_DATA_OUT, Opcode.LOGOUT_REQUEST, Opcode.SNACK_REQUEST})
+    {
+        Opcode.NOP_OUT,
+        Opcode.SCSI_COMMAND,
+        Opcode.TASK_MGMT_REQUEST,
+        Opcode.LOGIN_REQUEST,
+        Opcode.TEXT_REQUEST,
+        Opcode.SCSI_DATA_OUT,
+        Opcode.LOGOUT_REQUEST,
+        Opcode.SNACK_REQUEST,
+    }
+)
 
 _BY_OPCODE = {
     cls.OPCODE.value: cls
-    for cls in (NopOut, NopIn, TaskManagementRequest, TaskManagementResponse, LoginRequest,
-                LoginResponse, TextRequest, TextResponse, DataOut, DataIn, LogoutRequest,
-                LogoutResponse, R2T, AsyncMessage, Reject, Snack, ScsiResponsePdu)
+    for cls in (
+        NopOut,
+        NopIn,
+        TaskManagementRequest,
+        TaskManagementResponse,
+        LoginRequest,
+        LoginResponse,
+        TextRequest,
+        TextResponse,
+        DataOut,
+        DataIn,
+        LogoutRequest,
+        LogoutResponse,
+        R2T,
+        AsyncMessage,
+        Reject,
+        Snack,
+        ScsiResponsePdu,
+    )
 }
 
 
@@ -696,11 +1000,21 @@ def encode_bhs(pdu: Pdu, ahs_len: int | None = None, dsl: int | None = None) -> 
         raise ValueError("data segment too long")
     lengths = (ahs_len >> 2) << 24 | dsl
     if type(pdu) is ScsiCommand:
-        b1 = (pdu.final << 7 | pdu.read << 6 | pdu.write << 5 | (pdu.attr & 7))
+        b1 = pdu.final << 7 | pdu.read << 6 | pdu.write << 5 | (pdu.attr & 7)
         cdb = pdu.cdb[:16].ljust(16, b"\0")
-        return _CMD.pack(pdu.immediate << 6 | 0x01, b1, 0, 0, lengths, pdu.lun,
-                         pdu.initiator_task_tag, pdu.expected_data_transfer_length,
-                         pdu.cmd_sn, pdu.exp_stat_sn, cdb)
+        return _CMD.pack(
+            pdu.immediate << 6 | 0x01,
+            b1,
+            0,
+            0,
+            lengths,
+            pdu.lun,
+            pdu.initiator_task_tag,
+            pdu.expected_data_transfer_length,
+            pdu.cmd_sn,
+            pdu.exp_stat_sn,
+            cdb,
+        )
     w = pdu._words()
     op = pdu.OPCODE
     if op in _INITIATOR_OPCODES and getattr(pdu, "immediate", False):
@@ -741,12 +1055,26 @@ def decode_bhs(bhs: bytes | memoryview, ahs: bytes = b"", data: bytes = b"") -> 
     if op == 0x01:
         f = _CMD.unpack_from(bhs)
         b1 = f[1]
-        return ScsiCommand(immediate, bool(b1 & 0x80), bool(b1 & 0x40), bool(b1 & 0x20),
-                           b1 & 7, f[5], f[6], f[7], f[8], f[9], f[10], ahs, data)
+        return ScsiCommand(
+            immediate,
+            bool(b1 & 0x80),
+            bool(b1 & 0x40),
+            bool(b1 & 0x20),
+            b1 & 7,
+            f[5],
+            f[6],
+            f[7],
+            f[8],
+            f[9],
+            f[10],
+            ahs,
+            data,
+        )
     cls = _BY_OPCODE.get(op)
     if cls is None:
-        raise PduError(f"unknown opcode 0x{op:02x}", bytes(bhs[:BHS_LEN]),
-                       RejectReason.COMMAND_NOT_SUPPORTED)
+        raise PduError(
+            f"unknown opcode 0x{op:02x}", bytes(bhs[:BHS_LEN]), RejectReason.COMMAND_NOT_SUPPORTED
+        )
     pdu = cls._from(_WORDS.unpack_from(bhs), immediate)
     pdu.ahs = ahs
     pdu.data = data
@@ -755,15 +1083,17 @@ def decode_bhs(bhs: bytes | memoryview, ahs: bytes = b"", data: bytes = b"") -> 
 
 def decode_pdu(raw: bytes, header_digest: bool = False, data_digest: bool = False) -> Pdu:
     """Decode exactly one whole PDU (convenience for tests and tools)."""
-    dec = PduDecoder(max_data_segment_length=0xFFFFFF, header_digest=header_digest,
-                     data_digest=data_digest)
+    dec = PduDecoder(
+        max_data_segment_length=0xFFFFFF, header_digest=header_digest, data_digest=data_digest
+    )
     pdus = dec.feed(raw)
     if len(pdus) != 1 or dec.buffered:
         raise PduError("not exactly one PDU")
     pdu = pdus[0]
     if isinstance(pdu, BadPdu):
         raise (DigestError if "digest" in pdu.message else PduError)(
-            pdu.message, pdu.header, pdu.reason)
+            pdu.message, pdu.header, pdu.reason
+        )
     return pdu
 
 
@@ -776,10 +1106,14 @@ class PduDecoder:
     (our declared MaxRecvDataSegmentLength) is fatal (RFC 7143 13.12); a header digest
     error is fatal, a data digest error is not (RFC 7143 7.8)."""
 
-    __slots__ = ("_buf", "max_data_segment_length", "header_digest", "data_digest", "broken")
+    __slots__ = ("_buf", "broken", "data_digest", "header_digest", "max_data_segment_length")
 
-    def __init__(self, max_data_segment_length: int = 8192, header_digest: bool = False,
-                 data_digest: bool = False) -> None:
+    def __init__(
+        self,
+        max_data_segment_length: int = 8192,
+        header_digest: bool = False,
+        data_digest: bool = False,
+    ) -> None:
         self._buf = bytearray()
         self.max_data_segment_length = max_data_segment_length
         self.header_digest = header_digest
@@ -809,9 +1143,15 @@ class PduDecoder:
                 dd = 4 if (self.data_digest and dsl) else 0
                 total = BHS_LEN + ahs_len + hd + padded + dd
                 if dsl > self.max_data_segment_length:
-                    out.append(BadPdu(bytes(mv[pos : pos + BHS_LEN]), RejectReason.PROTOCOL_ERROR,
-                                      f"DataSegmentLength {dsl} exceeds MaxRecvDataSegmentLength"
-                                      f" {self.max_data_segment_length}", True))
+                    out.append(
+                        BadPdu(
+                            bytes(mv[pos : pos + BHS_LEN]),
+                            RejectReason.PROTOCOL_ERROR,
+                            f"DataSegmentLength {dsl} exceeds MaxRecvDataSegmentLength"
+                            f" {self.max_data_segment_length}",
+                            True,
+                        )
+                    )
                     self.broken = True
                     break
                 if end - pos < total:
@@ -820,18 +1160,28 @@ class PduDecoder:
                 if hd:
                     (want,) = _DIGEST.unpack_from(mv, hend)
                     if _crc(mv[pos:hend]) != want:
-                        out.append(BadPdu(bytes(mv[pos : pos + BHS_LEN]),
-                                          RejectReason.PROTOCOL_ERROR, "header digest error",
-                                          True))
+                        out.append(
+                            BadPdu(
+                                bytes(mv[pos : pos + BHS_LEN]),
+                                RejectReason.PROTOCOL_ERROR,
+                                "header digest error",
+                                True,
+                            )
+                        )
                         self.broken = True
                         break
                 dstart = hend + hd
                 if dd:
                     (want,) = _DIGEST.unpack_from(mv, dstart + padded)
                     if _crc(mv[dstart : dstart + padded]) != want:
-                        out.append(BadPdu(bytes(mv[pos : pos + BHS_LEN]),
-                                          RejectReason.DATA_DIGEST_ERROR, "data digest error",
-                                          False))
+                        out.append(
+                            BadPdu(
+                                bytes(mv[pos : pos + BHS_LEN]),
+                                RejectReason.DATA_DIGEST_ERROR,
+                                "data digest error",
+                                False,
+                            )
+                        )
                         pos += total
                         continue
                 ahs = bytes(mv[pos + BHS_LEN : hend]) if ahs_len else b""

@@ -14,7 +14,9 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from functools import partial
+from typing import Self
 
+from targetcli_preserve._errors import ProtocolError
 from targetcli_preserve.iscsi.login import SessionParams, SessionType, TargetLimits
 from targetcli_preserve.iscsi.session import (
     CloseConnection,
@@ -24,15 +26,13 @@ from targetcli_preserve.iscsi.session import (
     ExecuteCommand,
     LoginComplete,
 )
-from targetcli_preserve._errors import ProtocolError
 
 _log = logging.getLogger(__name__)
 
 _CHECK_CONDITION = 0x02
 # Fixed-format sense, HARDWARE ERROR / INTERNAL TARGET FAILURE (SPC-4 4.5.3): the last
 # resort when the SCSI layer raised instead of answering.
-_INTERNAL_FAILURE_SENSE = bytes(
-    [0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
+_INTERNAL_FAILURE_SENSE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
 
 
 class WriteDataAborted(ProtocolError):
@@ -43,7 +43,7 @@ class _Resumed:
     """An awaitable continuing an ``__await__`` iterator that already yielded ``first``
     (a Task sends None into it after ``first`` completes, as it would have)."""
 
-    __slots__ = ("it", "first")
+    __slots__ = ("first", "it")
 
     def __init__(self, it, first) -> None:
         self.it = it
@@ -55,8 +55,17 @@ class _Resumed:
 
 
 class _IscsiProtocol(asyncio.Protocol):
-    __slots__ = ("server", "loop", "transport", "conn", "_futures", "_running",
-                 "_flush_pending", "_closing", "session_key")
+    __slots__ = (
+        "_closing",
+        "_flush_pending",
+        "_futures",
+        "_running",
+        "conn",
+        "loop",
+        "server",
+        "session_key",
+        "transport",
+    )
 
     def __init__(self, server: IscsiServer) -> None:
         self.server = server
@@ -75,9 +84,14 @@ class _IscsiProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("sockname") or ("127.0.0.1", self.server.port)
         srv = self.server
-        self.conn = Connection(srv.targets, portal=(sock[0], sock[1]),
-                               portal_group_tag=srv.portal_group_tag, limits=srv.limits,
-                               allocate_tsih=srv._allocate_tsih, lun_exists=srv._lun_exists)
+        self.conn = Connection(
+            srv.targets,
+            portal=(sock[0], sock[1]),
+            portal_group_tag=srv.portal_group_tag,
+            limits=srv.limits,
+            allocate_tsih=srv._allocate_tsih,
+            lun_exists=srv._lun_exists,
+        )
         srv._connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -217,8 +231,14 @@ class IscsiServer:
     running (targets added or removed take effect for new logins; removing one ends
     its sessions at their next command)."""
 
-    def __init__(self, host: str, port: int, targets: Mapping[str, object],
-                 portal_group_tag: int = 1, limits: TargetLimits | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        targets: Mapping[str, object],
+        portal_group_tag: int = 1,
+        limits: TargetLimits | None = None,
+    ) -> None:
         self.host = host
         self._requested_port = port
         self.targets = targets
@@ -234,7 +254,8 @@ class IscsiServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
-            lambda: _IscsiProtocol(self), self.host, self._requested_port, reuse_address=True)
+            lambda: _IscsiProtocol(self), self.host, self._requested_port, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -252,7 +273,7 @@ class IscsiServer:
             self._server = None
         await asyncio.sleep(0)
 
-    async def __aenter__(self) -> IscsiServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

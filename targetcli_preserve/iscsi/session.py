@@ -30,6 +30,7 @@ from targetcli_preserve.iscsi.login import (
     parse_text,
 )
 from targetcli_preserve.iscsi.pdu import (
+    R2T,
     RESERVED_TAG,
     BadPdu,
     DataIn,
@@ -42,7 +43,6 @@ from targetcli_preserve.iscsi.pdu import (
     NopIn,
     NopOut,
     PduDecoder,
-    R2T,
     Reject,
     RejectReason,
     ScsiCommand,
@@ -62,6 +62,7 @@ from targetcli_preserve.iscsi.pdu import (
 _log = logging.getLogger(__name__)
 _M = 0xFFFFFFFF
 _HALF = 1 << 31
+_DEFAULT_LIMITS = TargetLimits()
 _GOOD = 0
 
 
@@ -127,7 +128,7 @@ class Phase(enum.Enum):
 class _Sequence:
     """One output data sequence: the unsolicited one or one R2T's (RFC 7143 11.7.2)."""
 
-    __slots__ = ("ttt", "offset", "end", "next_offset", "data_sn", "r2t_sn")
+    __slots__ = ("data_sn", "end", "next_offset", "offset", "r2t_sn", "ttt")
 
     def __init__(self, ttt: int, offset: int, end: int, next_offset: int, r2t_sn: int):
         self.ttt = ttt
@@ -140,9 +141,26 @@ class _Sequence:
 
 class _Task:
     __slots__ = (
-        "itt", "lun_field", "lun", "cdb", "edtl", "read", "write", "cmd_sn", "immediate",
-        "delivered", "aborted", "data_needed", "received", "chunks", "unsolicited",
-        "r2t_next", "r2t_sn", "outstanding", "data_done", "waiters",
+        "aborted",
+        "cdb",
+        "chunks",
+        "cmd_sn",
+        "data_done",
+        "data_needed",
+        "delivered",
+        "edtl",
+        "immediate",
+        "itt",
+        "lun",
+        "lun_field",
+        "outstanding",
+        "r2t_next",
+        "r2t_sn",
+        "read",
+        "received",
+        "unsolicited",
+        "waiters",
+        "write",
     )
 
     def __init__(self, pdu: ScsiCommand, lun: int, cdb: bytes) -> None:
@@ -178,7 +196,7 @@ class _Task:
 class _Waiter:
     """A TMF or Logout waiting for in-flight tasks to finish before it is answered."""
 
-    __slots__ = ("pending", "done")
+    __slots__ = ("done", "pending")
 
     def __init__(self, done: Callable[[], None]) -> None:
         self.pending: set[int] = set()
@@ -200,7 +218,7 @@ class Connection:
         targets: Collection[str],
         portal: tuple[str, int] = ("127.0.0.1", 3260),
         portal_group_tag: int = 1,
-        limits: TargetLimits = TargetLimits(),
+        limits: TargetLimits = _DEFAULT_LIMITS,
         allocate_tsih: Callable[[], int] | None = None,
         lun_exists: Callable[[str, int], bool] | None = None,
     ) -> None:
@@ -241,8 +259,7 @@ class Connection:
     def closed(self) -> bool:
         return self.phase is Phase.CLOSED
 
-    def start_full_feature(self, params: SessionParams, cmd_sn: int = 0,
-                           stat_sn: int = 1) -> None:
+    def start_full_feature(self, params: SessionParams, cmd_sn: int = 0, stat_sn: int = 1) -> None:
         """Skip the login (tests and tools): enter full feature phase with ``params``."""
         self.params = params
         self._enter_ffp(cmd_sn, stat_sn)
@@ -261,8 +278,9 @@ class Connection:
                 self._close(f"internal error handling PDU: {err!r}")
         return self._take_events()
 
-    def command_completed(self, itt: int, status: int, data: bytes = b"",
-                          sense: bytes = b"") -> list[Event]:
+    def command_completed(
+        self, itt: int, status: int, data: bytes = b"", sense: bytes = b""
+    ) -> list[Event]:
         """A delivered SCSI command finished: queue its Data-In/SCSI Response."""
         task = self.tasks.get(itt)
         if task is None or not task.delivered or self.phase is Phase.CLOSED:
@@ -335,9 +353,15 @@ class Connection:
 
     def _reject(self, header: bytes, reason: int) -> None:
         # RFC 7143 11.17: the data segment carries the complete header of the bad PDU.
-        self._send(Reject(reason=reason, stat_sn=self._next_stat_sn(),
-                          exp_cmd_sn=self.exp_cmd_sn, max_cmd_sn=self._window(),
-                          data=bytes(header[:48])))
+        self._send(
+            Reject(
+                reason=reason,
+                stat_sn=self._next_stat_sn(),
+                exp_cmd_sn=self.exp_cmd_sn,
+                max_cmd_sn=self._window(),
+                data=bytes(header[:48]),
+            )
+        )
 
     def _enter_ffp(self, cmd_sn: int, stat_sn: int) -> None:
         p = self.params
@@ -430,7 +454,8 @@ class Connection:
         if not pdu.immediate:
             sn = pdu.cmd_sn
             if sn != self.exp_cmd_sn and (
-                not serial_lt(self.exp_cmd_sn, sn) or serial_lt(self.max_cmd_sn, sn)
+                not serial_lt(self.exp_cmd_sn, sn)
+                or serial_lt(self.max_cmd_sn, sn)
                 or sn in self._held
             ):
                 return  # outside the window or a duplicate: ignore (RFC 7143 3.2.2.1)
@@ -447,9 +472,12 @@ class Connection:
             reason = RejectReason.INVALID_PDU_FIELD
         elif itt in self.tasks:
             reason = RejectReason.TASK_IN_PROGRESS
-        elif imm and (not pdu.write or not p.immediate_data
-                      or len(imm) > p.first_burst_length
-                      or len(imm) > pdu.expected_data_transfer_length):
+        elif imm and (
+            not pdu.write
+            or not p.immediate_data
+            or len(imm) > p.first_burst_length
+            or len(imm) > pdu.expected_data_transfer_length
+        ):
             reason = RejectReason.PROTOCOL_ERROR  # RFC 7143 4.2.5.2, 13.13, 13.14
         elif pdu.write and not pdu.final and p.initial_r2t:
             reason = RejectReason.PROTOCOL_ERROR  # unsolicited Data-Out not allowed
@@ -496,7 +524,8 @@ class Connection:
             data = task.data() if task.chunks else b""
             task.chunks = []
             self._events.append(
-                ExecuteCommand(task.itt, task.lun, task.cdb, task.edtl, data, False))
+                ExecuteCommand(task.itt, task.lun, task.cdb, task.edtl, data, False)
+            )
             return
         self._events.append(ExecuteCommand(task.itt, task.lun, task.cdb, task.edtl, None, True))
         self._issue_r2ts(task)
@@ -516,11 +545,19 @@ class Connection:
             task.outstanding[ttt] = seq
             self._r2ts[ttt] = (task, seq)
             task.r2t_next = offset + length
-            self._send(R2T(lun=task.lun_field, initiator_task_tag=task.itt,
-                           target_transfer_tag=ttt, stat_sn=self.stat_sn,
-                           exp_cmd_sn=self.exp_cmd_sn, max_cmd_sn=self._window(),
-                           r2t_sn=task.r2t_sn, buffer_offset=offset,
-                           desired_data_transfer_length=length))
+            self._send(
+                R2T(
+                    lun=task.lun_field,
+                    initiator_task_tag=task.itt,
+                    target_transfer_tag=ttt,
+                    stat_sn=self.stat_sn,
+                    exp_cmd_sn=self.exp_cmd_sn,
+                    max_cmd_sn=self._window(),
+                    r2t_sn=task.r2t_sn,
+                    buffer_offset=offset,
+                    desired_data_transfer_length=length,
+                )
+            )
             task.r2t_sn += 1
 
     def _drop_data_state(self, task: _Task) -> None:
@@ -552,8 +589,7 @@ class Connection:
         off = pdu.buffer_offset
         # DataPDUInOrder=Yes: each PDU continues its sequence exactly (RFC 7143 13.18);
         # DataSN counts PDUs within a sequence from 0 (11.7.5).
-        if (seq is None or off != seq.next_offset or off + n > seq.end
-                or pdu.data_sn != seq.data_sn):
+        if seq is None or off != seq.next_offset or off + n > seq.end or pdu.data_sn != seq.data_sn:
             self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
             return
         seq.data_sn += 1
@@ -612,23 +648,75 @@ class Connection:
                 end = off + n
                 last = end == total
                 if last and collapse:
-                    pdu = DataIn(True, False, overflow, underflow, True, status, lun, itt,
-                                 RESERVED_TAG, self._next_stat_sn(), self.exp_cmd_sn,
-                                 self._window(), data_sn, off, residual, b"", mv[off:end])
+                    pdu = DataIn(
+                        True,
+                        False,
+                        overflow,
+                        underflow,
+                        True,
+                        status,
+                        lun,
+                        itt,
+                        RESERVED_TAG,
+                        self._next_stat_sn(),
+                        self.exp_cmd_sn,
+                        self._window(),
+                        data_sn,
+                        off,
+                        residual,
+                        b"",
+                        mv[off:end],
+                    )
                 else:
-                    pdu = DataIn(last or end % burst == 0, False, False, False, False, 0,
-                                 lun, itt, RESERVED_TAG, 0, self.exp_cmd_sn, self._window(),
-                                 data_sn, off, 0, b"", mv[off:end])
+                    pdu = DataIn(
+                        last or end % burst == 0,
+                        False,
+                        False,
+                        False,
+                        False,
+                        0,
+                        lun,
+                        itt,
+                        RESERVED_TAG,
+                        0,
+                        self.exp_cmd_sn,
+                        self._window(),
+                        data_sn,
+                        off,
+                        0,
+                        b"",
+                        mv[off:end],
+                    )
                 out.append(encode_pdu(pdu, hd, dd))
                 data_sn += 1
                 off = end
             if collapse:
                 return
         seg = len(sense).to_bytes(2, "big") + sense if sense else b""
-        out.append(encode_pdu(ScsiResponsePdu(
-            False, False, overflow, underflow, 0, status, task.itt, 0, self._next_stat_sn(),
-            self.exp_cmd_sn, self._window(), data_sn + task.r2t_sn, 0, residual, b"", seg),
-            hd, dd))
+        out.append(
+            encode_pdu(
+                ScsiResponsePdu(
+                    False,
+                    False,
+                    overflow,
+                    underflow,
+                    0,
+                    status,
+                    task.itt,
+                    0,
+                    self._next_stat_sn(),
+                    self.exp_cmd_sn,
+                    self._window(),
+                    data_sn + task.r2t_sn,
+                    0,
+                    residual,
+                    b"",
+                    seg,
+                ),
+                hd,
+                dd,
+            )
+        )
 
     # ------------------------------------------------------------------ NOP
 
@@ -643,10 +731,17 @@ class Connection:
             return
 
         def answer() -> None:
-            self._send(NopIn(lun=pdu.lun, initiator_task_tag=pdu.initiator_task_tag,
-                             target_transfer_tag=RESERVED_TAG, stat_sn=self._next_stat_sn(),
-                             exp_cmd_sn=self.exp_cmd_sn, max_cmd_sn=self._window(),
-                             data=pdu.data[: self._mrdsl]))
+            self._send(
+                NopIn(
+                    lun=pdu.lun,
+                    initiator_task_tag=pdu.initiator_task_tag,
+                    target_transfer_tag=RESERVED_TAG,
+                    stat_sn=self._next_stat_sn(),
+                    exp_cmd_sn=self.exp_cmd_sn,
+                    max_cmd_sn=self._window(),
+                    data=pdu.data[: self._mrdsl],
+                )
+            )
 
         self._ordered(pdu, answer)
 
@@ -666,11 +761,19 @@ class Connection:
             self._next_ttt = ttt + 1 if ttt < 0xFFFFFFFE else 1
             self._text_pending = {ttt: body[mrdsl:]}
             body = body[:mrdsl]
-        self._send(TextResponse(final=not cont, cont=cont, lun=pdu.lun,
-                                initiator_task_tag=pdu.initiator_task_tag,
-                                target_transfer_tag=ttt, stat_sn=self._next_stat_sn(),
-                                exp_cmd_sn=self.exp_cmd_sn, max_cmd_sn=self._window(),
-                                data=body))
+        self._send(
+            TextResponse(
+                final=not cont,
+                cont=cont,
+                lun=pdu.lun,
+                initiator_task_tag=pdu.initiator_task_tag,
+                target_transfer_tag=ttt,
+                stat_sn=self._next_stat_sn(),
+                exp_cmd_sn=self.exp_cmd_sn,
+                max_cmd_sn=self._window(),
+                data=body,
+            )
+        )
 
     def _text(self, pdu: TextRequest) -> None:
         ttt = pdu.target_transfer_tag
@@ -688,11 +791,18 @@ class Connection:
                 self._text_request = b""
                 self._reject(encode_bhs(pdu), RejectReason.LONG_OP_REJECT)
                 return
-            self._send(TextResponse(final=False, cont=False, lun=pdu.lun,
-                                    initiator_task_tag=pdu.initiator_task_tag,
-                                    target_transfer_tag=RESERVED_TAG,
-                                    stat_sn=self._next_stat_sn(), exp_cmd_sn=self.exp_cmd_sn,
-                                    max_cmd_sn=self._window()))
+            self._send(
+                TextResponse(
+                    final=False,
+                    cont=False,
+                    lun=pdu.lun,
+                    initiator_task_tag=pdu.initiator_task_tag,
+                    target_transfer_tag=RESERVED_TAG,
+                    stat_sn=self._next_stat_sn(),
+                    exp_cmd_sn=self.exp_cmd_sn,
+                    max_cmd_sn=self._window(),
+                )
+            )
             return
         raw = self._text_request + pdu.data
         self._text_request = b""
@@ -740,10 +850,15 @@ class Connection:
         lun = field_to_lun(pdu.lun)
 
         def respond(code: int) -> None:
-            self._send(TaskManagementResponse(
-                response=code, initiator_task_tag=pdu.initiator_task_tag,
-                stat_sn=self._next_stat_sn(), exp_cmd_sn=self.exp_cmd_sn,
-                max_cmd_sn=self._window()))
+            self._send(
+                TaskManagementResponse(
+                    response=code,
+                    initiator_task_tag=pdu.initiator_task_tag,
+                    stat_sn=self._next_stat_sn(),
+                    exp_cmd_sn=self.exp_cmd_sn,
+                    max_cmd_sn=self._window(),
+                )
+            )
             if fn == TmfFunction.TARGET_COLD_RESET:
                 self._close("target cold reset")  # RFC 7143 11.5.1: drop connections
 
@@ -754,8 +869,11 @@ class Connection:
                 # RFC 7143 11.5.1: a task not yet received whose RefCmdSN is inside the
                 # window and before this TMF counts as received (and aborted): function
                 # complete. Otherwise the task does not exist (already answered).
-                if (serial_lt(ref, pdu.cmd_sn) and not serial_lt(ref, self.exp_cmd_sn)
-                        and ref not in self._held):
+                if (
+                    serial_lt(ref, pdu.cmd_sn)
+                    and not serial_lt(ref, self.exp_cmd_sn)
+                    and ref not in self._held
+                ):
                     self._consume_cmd_sn(ref)
                     respond(TmfResponse.FUNCTION_COMPLETE)
                 else:
@@ -763,8 +881,12 @@ class Connection:
                 return
             self._abort_and_wait([task], lambda: respond(TmfResponse.FUNCTION_COMPLETE))
             return
-        if fn in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
-                  TmfFunction.LOGICAL_UNIT_RESET, TmfFunction.CLEAR_ACA):
+        if fn in (
+            TmfFunction.ABORT_TASK_SET,
+            TmfFunction.CLEAR_TASK_SET,
+            TmfFunction.LOGICAL_UNIT_RESET,
+            TmfFunction.CLEAR_ACA,
+        ):
             if self.lun_exists is not None and not self.lun_exists(self.target_name, lun):
                 respond(TmfResponse.LUN_DOES_NOT_EXIST)
                 return
@@ -822,10 +944,17 @@ class Connection:
 
     def _logout_now(self, pdu: LogoutRequest) -> None:
         def respond(code: int, close: bool) -> None:
-            self._send(LogoutResponse(
-                response=code, initiator_task_tag=pdu.initiator_task_tag,
-                stat_sn=self._next_stat_sn(), exp_cmd_sn=self.exp_cmd_sn,
-                max_cmd_sn=self._window(), time2wait=0, time2retain=0))
+            self._send(
+                LogoutResponse(
+                    response=code,
+                    initiator_task_tag=pdu.initiator_task_tag,
+                    stat_sn=self._next_stat_sn(),
+                    exp_cmd_sn=self.exp_cmd_sn,
+                    max_cmd_sn=self._window(),
+                    time2wait=0,
+                    time2retain=0,
+                )
+            )
             if close:
                 self._close("logout")  # RFC 7143 11.15: response, then close
 

@@ -15,10 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for memstore
 
-from memstore import MemoryStore  # noqa: E402
+from memstore import MemoryStore
 
-from targetcli_preserve.iscsi.server import IscsiServer  # noqa: E402
-from targetcli_preserve.scsi.target import LogicalUnit, LuIdentity, ScsiTarget  # noqa: E402
+from targetcli_preserve.iscsi.server import IscsiServer
+from targetcli_preserve.scsi.target import LogicalUnit, LuIdentity, ScsiTarget
 
 IQN = "iqn.2026-11.org.example.preserve:it1"
 BLOCKS = 40960  # 20 MiB of 512-byte blocks
@@ -57,8 +57,10 @@ class ServerThread:
 
     def call(self, fn, *args):
         """Run ``fn`` on the server loop (for changes to live state)."""
+
         async def run():
             return fn(*args)
+
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     @property
@@ -86,9 +88,12 @@ def need(tool: str) -> str:
     return path
 
 
-def run(args: list[str], timeout: float = 120, stdin: str | None = None,
-        check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout)
+def run(
+    args: list[str], timeout: float = 120, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        args, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -32,8 +32,9 @@ def test_readcapacity16(iscsi_server):
 
 
 def test_unknown_target_login_fails(iscsi_server):
-    proc = run([need("iscsi-inq"), iscsi_server.url(iqn="iqn.2026-11.nope:x")], check=False,
-               timeout=30)
+    proc = run(
+        [need("iscsi-inq"), iscsi_server.url(iqn="iqn.2026-11.nope:x")], check=False, timeout=30
+    )
     assert proc.returncode != 0
 
 
@@ -56,13 +57,19 @@ def _qemu_io(url: str, *cmds: str, stdin: str | None = None, opts: str | None = 
 def test_qemu_io_write_read_64k(iscsi_server):
     out = _qemu_io(iscsi_server.url(), "write -P 0xab 0 64k", "read -P 0xab 0 64k")
     assert "wrote 65536/65536" in out and "read 65536/65536" in out
-    assert iscsi_server.store.data[: 65536] == b"\xab" * 65536
+    assert iscsi_server.store.data[:65536] == b"\xab" * 65536
 
 
 @pytest.mark.slow
 def test_qemu_io_large_writes_need_r2t(iscsi_server):
-    out = _qemu_io(iscsi_server.url(), "write -P 0xcd 1M 1M", "read -P 0xcd 1M 1M",
-                   "write -P 0x11 3M 4M", "read -P 0x11 3M 4M", "read -P 0 8M 1M")
+    out = _qemu_io(
+        iscsi_server.url(),
+        "write -P 0xcd 1M 1M",
+        "read -P 0xcd 1M 1M",
+        "write -P 0x11 3M 4M",
+        "read -P 0x11 3M 4M",
+        "read -P 0 8M 1M",
+    )
     assert out.count("wrote") == 2 and out.count("read ") == 3
     d = iscsi_server.store.data
     assert d[1 << 20 : 2 << 20] == b"\xcd" * (1 << 20)
@@ -83,8 +90,10 @@ def test_qemu_io_many_aio_writes_in_flight(iscsi_server):
 
 @pytest.mark.slow
 def test_qemu_io_with_header_and_data_digest(iscsi_server):
-    opts = (f"driver=iscsi,transport=tcp,portal=127.0.0.1:{iscsi_server.port},"
-            f"target={IQN},lun=0,header-digest=crc32c")
+    opts = (
+        f"driver=iscsi,transport=tcp,portal=127.0.0.1:{iscsi_server.port},"
+        f"target={IQN},lun=0,header-digest=crc32c"
+    )
     _qemu_io("", "write -P 0x5a 0 1M", "read -P 0x5a 0 1M", opts=opts)
     assert any(p.header_digest for p in iscsi_server.logins)
     assert iscsi_server.store.data[: 1 << 20] == b"\x5a" * (1 << 20)
@@ -99,8 +108,9 @@ def test_concurrent_sessions(iscsi_server):
         for c in cmds:
             args += ["-c", c]
         args.append(iscsi_server.url())
-        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        procs.append(
+            subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     for i, p in enumerate(procs):
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0 and "failed" not in out.lower(), out
@@ -116,15 +126,27 @@ def test_targets_added_and_removed_while_running(iscsi_server):
     assert other in out and IQN in out
     run([need("iscsi-inq"), iscsi_server.url(iqn=other)])
     iscsi_server.call(iscsi_server.targets.pop, other)
-    assert run([need("iscsi-inq"), iscsi_server.url(iqn=other)], check=False,
-               timeout=30).returncode != 0
+    assert (
+        run([need("iscsi-inq"), iscsi_server.url(iqn=other)], check=False, timeout=30).returncode
+        != 0
+    )
 
 
 def _login(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(encode_pdu(LoginRequest(
-        transit=True, csg=1, nsg=3, isid=0x400000000099, initiator_task_tag=1, cmd_sn=1,
-        data=encode_text([("InitiatorName", "iqn.test:raw"), ("TargetName", IQN)]))))
+    s.sendall(
+        encode_pdu(
+            LoginRequest(
+                transit=True,
+                csg=1,
+                nsg=3,
+                isid=0x400000000099,
+                initiator_task_tag=1,
+                cmd_sn=1,
+                data=encode_text([("InitiatorName", "iqn.test:raw"), ("TargetName", IQN)]),
+            )
+        )
+    )
     dec = PduDecoder(1 << 24)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -157,9 +179,18 @@ def _cu_summary(out: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_iscsi_test_cu_scsi_subset(iscsi_server):
-    out = run([need("iscsi-test-cu"), "-d", "-n", "-t",
-               "SCSI.Read10,SCSI.Write10,SCSI.Inquiry,SCSI.ReadCapacity16,SCSI.TestUnitReady",
-               iscsi_server.url()], check=False, timeout=300).stdout
+    out = run(
+        [
+            need("iscsi-test-cu"),
+            "-d",
+            "-n",
+            "-t",
+            "SCSI.Read10,SCSI.Write10,SCSI.Inquiry,SCSI.ReadCapacity16,SCSI.TestUnitReady",
+            iscsi_server.url(),
+        ],
+        check=False,
+        timeout=300,
+    ).stdout
     s = _cu_summary(out)
     assert s["ran"] >= 20 and s["failed"] == 0, out[-4000:]
 
@@ -170,8 +201,11 @@ KNOWN_ISCSI_FAILURES = {"Write10Residuals", "Write12Residuals", "Write16Residual
 
 @pytest.mark.slow
 def test_iscsi_test_cu_iscsi_family(iscsi_server):
-    out = run([need("iscsi-test-cu"), "-d", "-n", "-t", "iSCSI", iscsi_server.url()],
-              check=False, timeout=300).stdout
+    out = run(
+        [need("iscsi-test-cu"), "-d", "-n", "-t", "iSCSI", iscsi_server.url()],
+        check=False,
+        timeout=300,
+    ).stdout
     s = _cu_summary(out)
     failed = set(re.findall(r"Test (\w+) had failures", out))
     assert failed <= KNOWN_ISCSI_FAILURES, out[-4000:]

@@ -18,12 +18,23 @@ TARGET = "iqn.2026-11.test:target"
 class Harness:
     """A Connection in full feature phase plus a decoder for what it sends."""
 
-    def __init__(self, targets=(TARGET,), cmd_sn: int = 1, stat_sn: int = 100,
-                 header_digest: bool = False, data_digest: bool = False, **params) -> None:
+    def __init__(
+        self,
+        targets=(TARGET,),
+        cmd_sn: int = 1,
+        stat_sn: int = 100,
+        header_digest: bool = False,
+        data_digest: bool = False,
+        **params,
+    ) -> None:
         self.conn = Connection(set(targets), portal=("127.0.0.1", 3260))
-        p = full_feature_params(target_name=TARGET, initiator_name="iqn.test:init",
-                                header_digest=header_digest, data_digest=data_digest,
-                                **params)
+        p = full_feature_params(
+            target_name=TARGET,
+            initiator_name="iqn.test:init",
+            header_digest=header_digest,
+            data_digest=data_digest,
+            **params,
+        )
         self.conn.start_full_feature(p, cmd_sn=cmd_sn, stat_sn=stat_sn)
         self.hd = header_digest
         self.dd = data_digest
@@ -64,5 +75,13 @@ def of(events, cls) -> list:
     return [e for e in events if isinstance(e, cls)]
 
 
-__all__ = ["Harness", "TARGET", "executes", "of", "CloseConnection", "DataOutAborted",
-           "DataOutReady", "ExecuteCommand"]
+__all__ = [
+    "TARGET",
+    "CloseConnection",
+    "DataOutAborted",
+    "DataOutReady",
+    "ExecuteCommand",
+    "Harness",
+    "executes",
+    "of",
+]

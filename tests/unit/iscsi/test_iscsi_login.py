@@ -19,12 +19,31 @@ T = "iqn.2026-11.test:t"
 INIT = "iqn.2026-11.test:init"
 
 
-def req(pairs, csg=1, nsg=3, transit=True, cont=False, isid=0x400000000001, tsih=0,
-        cmd_sn=10, itt=1, vmin=0):
-    return LoginRequest(transit=transit, cont=cont, csg=csg, nsg=nsg, version_max=0,
-                        version_min=vmin, isid=isid, tsih=tsih, initiator_task_tag=itt,
-                        cmd_sn=cmd_sn, data=encode_text(pairs) if isinstance(pairs, list)
-                        else pairs)
+def req(
+    pairs,
+    csg=1,
+    nsg=3,
+    transit=True,
+    cont=False,
+    isid=0x400000000001,
+    tsih=0,
+    cmd_sn=10,
+    itt=1,
+    vmin=0,
+):
+    return LoginRequest(
+        transit=transit,
+        cont=cont,
+        csg=csg,
+        nsg=nsg,
+        version_max=0,
+        version_min=vmin,
+        isid=isid,
+        tsih=tsih,
+        initiator_task_tag=itt,
+        cmd_sn=cmd_sn,
+        data=encode_text(pairs) if isinstance(pairs, list) else pairs,
+    )
 
 
 def first(extra=(), **kw):
@@ -40,8 +59,9 @@ def status(rsp):
 
 
 def neg(**limits):
-    return LoginNegotiator({T}, TargetLimits(**limits), portal_group_tag=7,
-                           allocate_tsih=lambda: 42)
+    return LoginNegotiator(
+        {T}, TargetLimits(**limits), portal_group_tag=7, allocate_tsih=lambda: 42
+    )
 
 
 def test_text_codec():
@@ -61,8 +81,9 @@ def test_security_then_operational_then_ffp():
     k = keys(rsp)
     assert k["AuthMethod"] == "None" and k["TargetPortalGroupTag"] == "7"
     assert rsp.tsih == 0 and rsp.exp_cmd_sn == 10
-    rsp2, out = n.receive(req([("HeaderDigest", "CRC32C,None"), ("DataDigest", "None")],
-                              csg=1, nsg=3))
+    rsp2, out = n.receive(
+        req([("HeaderDigest", "CRC32C,None"), ("DataDigest", "None")], csg=1, nsg=3)
+    )
     assert out is LoginOutcome.SUCCESS
     assert rsp2.transit and rsp2.csg == 1 and rsp2.nsg == 3 and rsp2.tsih == 42
     assert rsp2.stat_sn == rsp.stat_sn + 1
@@ -76,13 +97,23 @@ def test_security_then_operational_then_ffp():
 
 def test_operational_keys_negotiated():
     n = neg()
-    pairs = [("MaxRecvDataSegmentLength", "65536"), ("MaxBurstLength", "16776192"),
-             ("FirstBurstLength", "8192"), ("InitialR2T", "No"), ("ImmediateData", "Yes"),
-             ("MaxOutstandingR2T", "8"), ("DataPDUInOrder", "No"),
-             ("DataSequenceInOrder", "No"), ("DefaultTime2Wait", "5"),
-             ("DefaultTime2Retain", "10"), ("ErrorRecoveryLevel", "2"),
-             ("MaxConnections", "4"), ("IFMarker", "Yes"), ("OFMarker", "No"),
-             ("InitiatorAlias", "host1")]
+    pairs = [
+        ("MaxRecvDataSegmentLength", "65536"),
+        ("MaxBurstLength", "16776192"),
+        ("FirstBurstLength", "8192"),
+        ("InitialR2T", "No"),
+        ("ImmediateData", "Yes"),
+        ("MaxOutstandingR2T", "8"),
+        ("DataPDUInOrder", "No"),
+        ("DataSequenceInOrder", "No"),
+        ("DefaultTime2Wait", "5"),
+        ("DefaultTime2Retain", "10"),
+        ("ErrorRecoveryLevel", "2"),
+        ("MaxConnections", "4"),
+        ("IFMarker", "Yes"),
+        ("OFMarker", "No"),
+        ("InitiatorAlias", "host1"),
+    ]
     rsp, out = n.receive(first(pairs))
     assert out is LoginOutcome.SUCCESS
     k = keys(rsp)
@@ -118,12 +149,23 @@ def test_first_burst_clamped_to_max_burst():
     assert n.params.first_burst_length == 4096
 
 
-@pytest.mark.parametrize("key,value", [
-    ("MaxBurstLength", "100"), ("MaxBurstLength", "abc"), ("FirstBurstLength", "16777216"),
-    ("MaxOutstandingR2T", "0"), ("DefaultTime2Wait", "3601"), ("ErrorRecoveryLevel", "3"),
-    ("MaxRecvDataSegmentLength", "511"), ("InitialR2T", "Maybe"), ("ImmediateData", "yes"),
-    ("HeaderDigest", "MD5"), ("DataDigest", "SHA1,MD5"), ("MaxConnections", "0"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MaxBurstLength", "100"),
+        ("MaxBurstLength", "abc"),
+        ("FirstBurstLength", "16777216"),
+        ("MaxOutstandingR2T", "0"),
+        ("DefaultTime2Wait", "3601"),
+        ("ErrorRecoveryLevel", "3"),
+        ("MaxRecvDataSegmentLength", "511"),
+        ("InitialR2T", "Maybe"),
+        ("ImmediateData", "yes"),
+        ("HeaderDigest", "MD5"),
+        ("DataDigest", "SHA1,MD5"),
+        ("MaxConnections", "0"),
+    ],
+)
 def test_bad_values_get_reject(key, value):
     rsp, out = neg().receive(first([(key, value)]))
     assert keys(rsp)[key] == "Reject"
@@ -187,12 +229,15 @@ def test_bad_session_type():
     assert status(rsp) == LoginStatus.SESSION_TYPE_NOT_SUPPORTED
 
 
-@pytest.mark.parametrize("kw", [
-    dict(csg=1, nsg=1),  # NSG must be after CSG
-    dict(csg=1, nsg=2),  # reserved stage
-    dict(csg=3, nsg=3),  # CSG FFP is not a login stage
-    dict(cont=True),  # T and C together
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"csg": 1, "nsg": 1},  # NSG must be after CSG
+        {"csg": 1, "nsg": 2},  # reserved stage
+        {"csg": 3, "nsg": 3},  # CSG FFP is not a login stage
+        {"cont": True},  # T and C together
+    ],
+)
 def test_bad_stage_transitions(kw):
     rsp, out = neg().receive(first(**kw))
     assert out is LoginOutcome.FAILURE and status(rsp) == LoginStatus.INITIATOR_ERROR
@@ -201,7 +246,7 @@ def test_bad_stage_transitions(kw):
 def test_csg_must_follow_stage():
     n = neg()
     n.receive(first([("AuthMethod", "None")], csg=0, nsg=1))
-    rsp, out = n.receive(req([], csg=0, nsg=1))  # went to operational already
+    _rsp, out = n.receive(req([], csg=0, nsg=1))  # went to operational already
     assert out is LoginOutcome.FAILURE
 
 
@@ -225,21 +270,20 @@ def test_nonzero_tsih_session_does_not_exist():
 
 
 def test_repeated_key_is_an_error():
-    rsp, out = neg().receive(first([("MaxBurstLength", "512"), ("MaxBurstLength", "1024")]))
+    _rsp, out = neg().receive(first([("MaxBurstLength", "512"), ("MaxBurstLength", "1024")]))
     assert out is LoginOutcome.FAILURE
 
 
 def test_renegotiating_key_in_later_request_is_an_error():
     n = neg()
     n.receive(first([("MaxBurstLength", "512")], transit=False))
-    rsp, out = n.receive(req([("MaxBurstLength", "1024")]))
+    _rsp, out = n.receive(req([("MaxBurstLength", "1024")]))
     assert out is LoginOutcome.FAILURE
 
 
 def test_text_continuation_across_requests():
     n = neg()
-    text = encode_text([("InitiatorName", INIT), ("TargetName", T),
-                        ("MaxBurstLength", "4096")])
+    text = encode_text([("InitiatorName", INIT), ("TargetName", T), ("MaxBurstLength", "4096")])
     rsp, out = n.receive(req(text[:10], transit=False, cont=True))
     assert out is LoginOutcome.CONTINUE and rsp.data == b"" and not rsp.transit
     rsp, out = n.receive(req(text[10:]))
@@ -254,5 +298,5 @@ def test_garbage_text_is_initiator_error():
 def test_isid_change_during_login():
     n = neg()
     n.receive(first(transit=False))
-    rsp, out = n.receive(req([], isid=0x999))
+    _rsp, out = n.receive(req([], isid=0x999))
     assert out is LoginOutcome.FAILURE

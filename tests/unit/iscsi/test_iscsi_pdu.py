@@ -50,34 +50,123 @@ data = st.binary(max_size=300)
 PDU_STRATEGIES = [
     st.builds(NopOut, st.booleans(), lun, u32, u32, u32, u32, st.just(b""), data),
     st.builds(NopIn, lun, u32, u32, u32, u32, u32, st.just(b""), data),
-    st.builds(ScsiCommand, st.booleans(), st.booleans(), st.booleans(), st.booleans(),
-              st.integers(0, 7), lun, u32, u32, u32, u32, st.binary(min_size=16, max_size=16),
-              st.binary(max_size=8).map(lambda b: b.ljust(-(-len(b) // 4) * 4, b"\0")), data),
-    st.builds(ScsiResponsePdu, st.booleans(), st.booleans(), st.booleans(), st.booleans(), u8,
-              u8, u32, u32, u32, u32, u32, u32, u32, u32, st.just(b""), data),
-    st.builds(TaskManagementRequest, st.booleans(), st.integers(0, 127), lun, u32, u32, u32,
-              u32, u32, u32),
+    st.builds(
+        ScsiCommand,
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        st.integers(0, 7),
+        lun,
+        u32,
+        u32,
+        u32,
+        u32,
+        st.binary(min_size=16, max_size=16),
+        st.binary(max_size=8).map(lambda b: b.ljust(-(-len(b) // 4) * 4, b"\0")),
+        data,
+    ),
+    st.builds(
+        ScsiResponsePdu,
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        u8,
+        u8,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        st.just(b""),
+        data,
+    ),
+    st.builds(
+        TaskManagementRequest, st.booleans(), st.integers(0, 127), lun, u32, u32, u32, u32, u32, u32
+    ),
     st.builds(TaskManagementResponse, u8, u32, u32, u32, u32),
-    st.builds(LoginRequest, st.booleans(), st.booleans(), st.integers(0, 3),
-              st.integers(0, 3), u8, u8, st.integers(0, (1 << 48) - 1), u16, u32, u16, u32,
-              u32, st.just(b""), data),
-    st.builds(LoginResponse, st.booleans(), st.booleans(), st.integers(0, 3),
-              st.integers(0, 3), u8, u8, st.integers(0, (1 << 48) - 1), u16, u32, u32, u32,
-              u32, u8, u8, st.just(b""), data),
-    st.builds(TextRequest, st.booleans(), st.booleans(), st.booleans(), lun, u32, u32, u32,
-              u32, st.just(b""), data),
-    st.builds(TextResponse, st.booleans(), st.booleans(), lun, u32, u32, u32, u32, u32,
-              st.just(b""), data),
+    st.builds(
+        LoginRequest,
+        st.booleans(),
+        st.booleans(),
+        st.integers(0, 3),
+        st.integers(0, 3),
+        u8,
+        u8,
+        st.integers(0, (1 << 48) - 1),
+        u16,
+        u32,
+        u16,
+        u32,
+        u32,
+        st.just(b""),
+        data,
+    ),
+    st.builds(
+        LoginResponse,
+        st.booleans(),
+        st.booleans(),
+        st.integers(0, 3),
+        st.integers(0, 3),
+        u8,
+        u8,
+        st.integers(0, (1 << 48) - 1),
+        u16,
+        u32,
+        u32,
+        u32,
+        u32,
+        u8,
+        u8,
+        st.just(b""),
+        data,
+    ),
+    st.builds(
+        TextRequest,
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        lun,
+        u32,
+        u32,
+        u32,
+        u32,
+        st.just(b""),
+        data,
+    ),
+    st.builds(
+        TextResponse, st.booleans(), st.booleans(), lun, u32, u32, u32, u32, u32, st.just(b""), data
+    ),
     st.builds(DataOut, st.booleans(), lun, u32, u32, u32, u32, u32, st.just(b""), data),
-    st.builds(DataIn, st.booleans(), st.booleans(), st.booleans(), st.booleans(),
-              st.booleans(), u8, lun, u32, u32, u32, u32, u32, u32, u32, u32, st.just(b""),
-              data),
+    st.builds(
+        DataIn,
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        u8,
+        lun,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        st.just(b""),
+        data,
+    ),
     st.builds(LogoutRequest, st.booleans(), st.integers(0, 127), u32, u16, u32, u32),
     st.builds(LogoutResponse, u8, u32, u32, u32, u32, u16, u16),
     st.builds(R2T, lun, u32, u32, u32, u32, u32, u32, u32, u32),
     st.builds(AsyncMessage, lun, u32, u32, u32, u8, u8, u16, u16, u16, st.just(b""), data),
-    st.builds(Reject, u8, u32, u32, u32, u32, st.just(b""), st.binary(min_size=48,
-                                                                     max_size=48)),
+    st.builds(Reject, u8, u32, u32, u32, u32, st.just(b""), st.binary(min_size=48, max_size=48)),
     st.builds(Snack, st.integers(0, 15), lun, u32, u32, u32, u32, u32),
 ]
 any_pdu = st.one_of(*PDU_STRATEGIES)
@@ -92,10 +181,20 @@ def test_round_trip_every_opcode(pdu, hd, dd):
 
 def test_scsi_command_byte_layout():
     cdb = bytes([0x28, 0, 0, 0, 0x10, 0, 0, 0, 8, 0]) + bytes(6)
-    pdu = ScsiCommand(immediate=True, final=True, read=True, write=False, attr=1,
-                      lun=lun_to_field(2), initiator_task_tag=0x01020304,
-                      expected_data_transfer_length=4096, cmd_sn=0x11223344,
-                      exp_stat_sn=0x55667788, cdb=cdb, data=b"abcde")
+    pdu = ScsiCommand(
+        immediate=True,
+        final=True,
+        read=True,
+        write=False,
+        attr=1,
+        lun=lun_to_field(2),
+        initiator_task_tag=0x01020304,
+        expected_data_transfer_length=4096,
+        cmd_sn=0x11223344,
+        exp_stat_sn=0x55667788,
+        cdb=cdb,
+        data=b"abcde",
+    )
     raw = encode_pdu(pdu)
     assert raw[0] == 0x41  # I bit + opcode 0x01
     assert raw[1] == 0x80 | 0x40 | 1  # F, R, ATTR
@@ -111,9 +210,21 @@ def test_scsi_command_byte_layout():
 
 
 def test_data_in_byte_layout():
-    pdu = DataIn(final=True, status_present=True, underflow=True, status=0, lun=0,
-                 initiator_task_tag=7, stat_sn=9, exp_cmd_sn=10, max_cmd_sn=11, data_sn=3,
-                 buffer_offset=0x2000, residual_count=512, data=b"\xaa" * 4)
+    pdu = DataIn(
+        final=True,
+        status_present=True,
+        underflow=True,
+        status=0,
+        lun=0,
+        initiator_task_tag=7,
+        stat_sn=9,
+        exp_cmd_sn=10,
+        max_cmd_sn=11,
+        data_sn=3,
+        buffer_offset=0x2000,
+        residual_count=512,
+        data=b"\xaa" * 4,
+    )
     raw = encode_pdu(pdu)
     assert raw[0] == 0x25
     assert raw[1] == 0x80 | 0x02 | 0x01
@@ -122,14 +233,36 @@ def test_data_in_byte_layout():
 
 
 def test_r2t_and_login_response_layout():
-    raw = encode_pdu(R2T(lun=0, initiator_task_tag=1, target_transfer_tag=2, stat_sn=3,
-                         exp_cmd_sn=4, max_cmd_sn=5, r2t_sn=6, buffer_offset=7,
-                         desired_data_transfer_length=8))
+    raw = encode_pdu(
+        R2T(
+            lun=0,
+            initiator_task_tag=1,
+            target_transfer_tag=2,
+            stat_sn=3,
+            exp_cmd_sn=4,
+            max_cmd_sn=5,
+            r2t_sn=6,
+            buffer_offset=7,
+            desired_data_transfer_length=8,
+        )
+    )
     assert raw[0] == 0x31 and raw[1] == 0x80
     assert struct.unpack(">8I", raw[16:48]) == (1, 2, 3, 4, 5, 6, 7, 8)
-    raw = encode_pdu(LoginResponse(transit=True, csg=1, nsg=3, isid=0x800000000001, tsih=5,
-                                   initiator_task_tag=9, stat_sn=1, exp_cmd_sn=2,
-                                   max_cmd_sn=3, status_class=2, status_detail=3))
+    raw = encode_pdu(
+        LoginResponse(
+            transit=True,
+            csg=1,
+            nsg=3,
+            isid=0x800000000001,
+            tsih=5,
+            initiator_task_tag=9,
+            stat_sn=1,
+            exp_cmd_sn=2,
+            max_cmd_sn=3,
+            status_class=2,
+            status_detail=3,
+        )
+    )
     assert raw[0] == 0x23
     assert raw[1] == 0x80 | (1 << 2) | 3
     assert raw[8:14] == bytes.fromhex("800000000001") and raw[14:16] == b"\x00\x05"
@@ -215,8 +348,12 @@ def test_opcode_values():
 
 
 @settings(max_examples=60)
-@given(st.lists(any_pdu, min_size=1, max_size=8), st.booleans(), st.booleans(),
-       st.lists(st.integers(1, 97), min_size=1, max_size=50))
+@given(
+    st.lists(any_pdu, min_size=1, max_size=8),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.integers(1, 97), min_size=1, max_size=50),
+)
 def test_stream_decoder_random_chunking(pdus, hd, dd, cuts):
     stream = b"".join(encode_pdu(p, hd, dd) for p in pdus)
     dec = PduDecoder(0xFFFFFF, hd, dd)

@@ -44,13 +44,27 @@ WRITE10 = bytes([0x2A]) + bytes(15)
 
 
 def read_cmd(itt, cmd_sn, edtl=4096, **kw):
-    return ScsiCommand(read=True, initiator_task_tag=itt, cmd_sn=cmd_sn,
-                       expected_data_transfer_length=edtl, cdb=READ10, **kw)
+    return ScsiCommand(
+        read=True,
+        initiator_task_tag=itt,
+        cmd_sn=cmd_sn,
+        expected_data_transfer_length=edtl,
+        cdb=READ10,
+        **kw,
+    )
 
 
 def write_cmd(itt, cmd_sn, edtl, data=b"", final=True, **kw):
-    return ScsiCommand(write=True, final=final, initiator_task_tag=itt, cmd_sn=cmd_sn,
-                       expected_data_transfer_length=edtl, cdb=WRITE10, data=data, **kw)
+    return ScsiCommand(
+        write=True,
+        final=final,
+        initiator_task_tag=itt,
+        cmd_sn=cmd_sn,
+        expected_data_transfer_length=edtl,
+        cdb=WRITE10,
+        data=data,
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------ reads and Data-In
@@ -212,8 +226,9 @@ def test_unsolicited_data_out_after_immediate():
     (ex,) = executes(h.send(write_cmd(1, 1, 8192, b"a" * 4096, final=False)))
     assert ex.data_pending and ex.data is None
     assert h.received() == []  # everything is unsolicited: no R2T
-    ev = h.send(DataOut(final=True, initiator_task_tag=1, data_sn=0, buffer_offset=4096,
-                        data=b"b" * 4096))
+    ev = h.send(
+        DataOut(final=True, initiator_task_tag=1, data_sn=0, buffer_offset=4096, data=b"b" * 4096)
+    )
     (ready,) = of(ev, DataOutReady)
     assert ready.data == b"a" * 4096 + b"b" * 4096
 
@@ -229,18 +244,49 @@ def test_r2t_sequence_honours_burst_and_outstanding():
     assert r1.target_transfer_tag != r2.target_transfer_tag != RESERVED_TAG
     assert r1.stat_sn == 100 and r1.exp_cmd_sn == 2
     # Answer the first R2T in two PDUs.
-    h.send(DataOut(final=False, initiator_task_tag=1, target_transfer_tag=r1.target_transfer_tag,
-                   data_sn=0, buffer_offset=0, data=b"1" * 2048))
+    h.send(
+        DataOut(
+            final=False,
+            initiator_task_tag=1,
+            target_transfer_tag=r1.target_transfer_tag,
+            data_sn=0,
+            buffer_offset=0,
+            data=b"1" * 2048,
+        )
+    )
     assert h.received() == []
-    h.send(DataOut(final=True, initiator_task_tag=1, target_transfer_tag=r1.target_transfer_tag,
-                   data_sn=1, buffer_offset=2048, data=b"1" * 2048))
+    h.send(
+        DataOut(
+            final=True,
+            initiator_task_tag=1,
+            target_transfer_tag=r1.target_transfer_tag,
+            data_sn=1,
+            buffer_offset=2048,
+            data=b"1" * 2048,
+        )
+    )
     (r3,) = h.received()
     assert (r3.r2t_sn, r3.buffer_offset, r3.desired_data_transfer_length) == (2, 8192, 100)
-    h.send(DataOut(final=True, initiator_task_tag=1, target_transfer_tag=r2.target_transfer_tag,
-                   data_sn=0, buffer_offset=4096, data=b"2" * 4096))
-    ev = h.send(DataOut(final=True, initiator_task_tag=1,
-                        target_transfer_tag=r3.target_transfer_tag, data_sn=0,
-                        buffer_offset=8192, data=b"3" * 100))
+    h.send(
+        DataOut(
+            final=True,
+            initiator_task_tag=1,
+            target_transfer_tag=r2.target_transfer_tag,
+            data_sn=0,
+            buffer_offset=4096,
+            data=b"2" * 4096,
+        )
+    )
+    ev = h.send(
+        DataOut(
+            final=True,
+            initiator_task_tag=1,
+            target_transfer_tag=r3.target_transfer_tag,
+            data_sn=0,
+            buffer_offset=8192,
+            data=b"3" * 100,
+        )
+    )
     (ready,) = of(ev, DataOutReady)
     assert ready.data == b"1" * 4096 + b"2" * 4096 + b"3" * 100
     h.complete(1)
@@ -265,8 +311,9 @@ def test_r2t_after_first_burst_when_unsolicited():
 def test_held_write_buffers_unsolicited_data():
     h = Harness(cmd_sn=1, initial_r2t=False, first_burst_length=8192)
     h.send(write_cmd(2, 2, 8192, b"a" * 4096, final=False))
-    h.send(DataOut(final=True, initiator_task_tag=2, data_sn=0, buffer_offset=4096,
-                   data=b"b" * 4096))
+    h.send(
+        DataOut(final=True, initiator_task_tag=2, data_sn=0, buffer_offset=4096, data=b"b" * 4096)
+    )
     ev = executes(h.send(read_cmd(1, 1)))
     assert [e.initiator_task_tag for e in ev] == [1, 2]
     assert ev[1].data == b"a" * 4096 + b"b" * 4096
@@ -279,8 +326,7 @@ def test_data_out_errors_are_rejected():
     ttt = r.target_transfer_tag
     for bad in (
         DataOut(initiator_task_tag=1, target_transfer_tag=ttt, data_sn=1, data=b"x" * 512),
-        DataOut(initiator_task_tag=1, target_transfer_tag=ttt, buffer_offset=512,
-                data=b"x" * 512),
+        DataOut(initiator_task_tag=1, target_transfer_tag=ttt, buffer_offset=512, data=b"x" * 512),
         DataOut(initiator_task_tag=1, target_transfer_tag=ttt, data=b"x" * 8192),
         DataOut(initiator_task_tag=1, target_transfer_tag=ttt + 99, data=b"x"),
         DataOut(initiator_task_tag=1, data=b"x" * 512),  # unsolicited not allowed
@@ -291,8 +337,9 @@ def test_data_out_errors_are_rejected():
         assert isinstance(rej, Reject), bad
         assert rej.reason in (RejectReason.PROTOCOL_ERROR, RejectReason.INVALID_PDU_FIELD)
         assert rej.data[:48] == encode_pdu(bad)[:48]
-    ev = h.send(DataOut(final=True, initiator_task_tag=1, target_transfer_tag=ttt,
-                        data=b"ok" * 2048))
+    ev = h.send(
+        DataOut(final=True, initiator_task_tag=1, target_transfer_tag=ttt, data=b"ok" * 2048)
+    )
     assert of(ev, DataOutReady)[0].data == b"ok" * 2048
 
 
@@ -310,8 +357,11 @@ def test_immediate_data_rules():
 
 def test_bidirectional_rejected_cleanly():
     h = Harness()
-    h.send(ScsiCommand(read=True, write=True, initiator_task_tag=1, cmd_sn=1,
-                       expected_data_transfer_length=512))
+    h.send(
+        ScsiCommand(
+            read=True, write=True, initiator_task_tag=1, cmd_sn=1, expected_data_transfer_length=512
+        )
+    )
     (rej,) = h.received()
     assert isinstance(rej, Reject) and rej.reason == RejectReason.COMMAND_NOT_SUPPORTED
     assert rej.exp_cmd_sn == 2
@@ -359,13 +409,15 @@ def test_non_immediate_nop_takes_cmdsn():
 
 def test_send_targets_all():
     h = Harness(targets=(TARGET, "iqn.2026-11.test:other"))
-    h.send(TextRequest(immediate=True, initiator_task_tag=3, cmd_sn=1,
-                       data=b"SendTargets=All\0"))
+    h.send(TextRequest(immediate=True, initiator_task_tag=3, cmd_sn=1, data=b"SendTargets=All\0"))
     (rsp,) = h.received()
     assert isinstance(rsp, TextResponse) and rsp.final and not rsp.cont
     assert parse_text(rsp.data) == [
-        ("TargetName", "iqn.2026-11.test:other"), ("TargetAddress", "127.0.0.1:3260,1"),
-        ("TargetName", TARGET), ("TargetAddress", "127.0.0.1:3260,1")]
+        ("TargetName", "iqn.2026-11.test:other"),
+        ("TargetAddress", "127.0.0.1:3260,1"),
+        ("TargetName", TARGET),
+        ("TargetAddress", "127.0.0.1:3260,1"),
+    ]
 
 
 def test_send_targets_long_response_continues():
@@ -379,8 +431,11 @@ def test_send_targets_long_response_continues():
         if rsp.final:
             break
         assert rsp.cont and len(rsp.data) == 512
-        h.send(TextRequest(immediate=True, initiator_task_tag=3,
-                           target_transfer_tag=rsp.target_transfer_tag))
+        h.send(
+            TextRequest(
+                immediate=True, initiator_task_tag=3, target_transfer_tag=rsp.target_transfer_tag
+            )
+        )
     assert [v for k, v in parse_text(body) if k == "TargetName"] == sorted(names)
 
 
@@ -402,9 +457,15 @@ def test_discovery_session_rejects_scsi_commands():
 
 
 def tmf(fn, itt=50, ref=RESERVED_TAG, ref_cmd_sn=0, cmd_sn=1, lun=0):
-    return TaskManagementRequest(immediate=True, function=fn, initiator_task_tag=itt,
-                                 referenced_task_tag=ref, ref_cmd_sn=ref_cmd_sn,
-                                 cmd_sn=cmd_sn, lun=lun)
+    return TaskManagementRequest(
+        immediate=True,
+        function=fn,
+        initiator_task_tag=itt,
+        referenced_task_tag=ref,
+        ref_cmd_sn=ref_cmd_sn,
+        cmd_sn=cmd_sn,
+        lun=lun,
+    )
 
 
 def test_abort_task_waits_for_running_task_and_suppresses_its_response():
@@ -582,10 +643,26 @@ def test_login_through_connection_enables_digests():
     from targetcli_preserve.iscsi.session import Connection, LoginComplete
 
     conn = Connection({TARGET})
-    ev = conn.receive_data(encode_pdu(LoginRequest(
-        transit=True, csg=1, nsg=3, isid=1, initiator_task_tag=1, cmd_sn=5,
-        data=encode_text([("InitiatorName", "iqn.x"), ("TargetName", TARGET),
-                          ("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")]))))
+    ev = conn.receive_data(
+        encode_pdu(
+            LoginRequest(
+                transit=True,
+                csg=1,
+                nsg=3,
+                isid=1,
+                initiator_task_tag=1,
+                cmd_sn=5,
+                data=encode_text(
+                    [
+                        ("InitiatorName", "iqn.x"),
+                        ("TargetName", TARGET),
+                        ("HeaderDigest", "CRC32C"),
+                        ("DataDigest", "CRC32C"),
+                    ]
+                ),
+            )
+        )
+    )
     assert of(ev, LoginComplete)
     (rsp,) = PduDecoder(0xFFFFFF).feed(b"".join(conn.data_to_send()))
     assert isinstance(rsp, LoginResponse) and rsp.transit and rsp.tsih != 0
