@@ -89,7 +89,7 @@ def test_qemu_io_many_aio_writes_in_flight(iscsi_server):
 
 
 @pytest.mark.slow
-def test_qemu_io_with_header_and_data_digest(iscsi_server):
+def test_qemu_io_with_header_digest_crc32c(iscsi_server):
     opts = (
         f"driver=iscsi,transport=tcp,portal=127.0.0.1:{iscsi_server.port},"
         f"target={IQN},lun=0,header-digest=crc32c"
