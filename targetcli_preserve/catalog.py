@@ -7,13 +7,21 @@ Layout of a state directory::
     STATE/daemon.lock                  held by the running daemon
     STATE/luns/NAME/vol-000000.img     generation 0 of LUN NAME, then 000001, ...
 
-Journal records (``op``): ``lun`` (a LUN was created), ``cut`` (a preserve began: T and
-the new generation of every LUN of the group), ``commit`` (all its clones were made),
-``abort`` (it was rolled back), ``freeze`` (a generation drained), ``damaged`` (a pre-cut
-write failed to reach a clone). :func:`replay` folds them into :class:`Catalog`;
-:meth:`Catalog.recovery` says what a restart must do to be consistent (rule 9): a cut
-begun but never committed is rolled back, a committed one stays, and a superseded
-generation no command can reach any more is frozen.
+Journal records (``op``): ``lun`` (a LUN was created), ``cut`` (a preserve began: T, the
+boot id, the new generation of every LUN of the group), ``commit`` (all its clones were
+made: post-cut I/O runs on them from now on), ``durable`` (the clones and both records
+are on stable storage), ``abort`` (it was rolled back), ``freeze`` (a generation
+drained), ``damaged`` (a pre-cut write failed to reach a clone). :func:`replay` folds
+them into :class:`Catalog`.
+
+What a restart keeps (rule 9, with the LUNs' write-back cache, rule 8): ``cut`` and
+``commit`` are written without waiting for the disk, so a preserve costs no fsync on the
+I/O path; ``durable`` follows in the background, and SYNCHRONIZE CACHE waits for it.
+After a crash of the daemon alone (same boot id) the page cache kept everything: a
+committed cut stays, an uncommitted one is rolled back. After a reboot only ``durable``
+cuts are trusted; the others are rolled back, losing only post-cut writes that no
+SYNCHRONIZE CACHE ever covered, which a write-back cache may lose. A superseded
+generation that no command can reach any more is frozen.
 """
 
 from __future__ import annotations
@@ -68,16 +76,10 @@ class CutRecord:
     seq: int
     time: str
     luns: dict[str, int]
+    boot: str | None = None
     committed: bool = False
+    durable: bool = False
     aborted: bool = False
-
-
-@dataclass
-class Recovery:
-    """What a restart must do before serving I/O."""
-
-    rollback: list[CutRecord]  # begun, never committed: remove their new generations
-    freeze: list[tuple[str, int]]  # superseded generations not yet marked frozen
 
 
 class Catalog:
@@ -115,7 +117,8 @@ class Catalog:
                 [GenerationRecord(0, 0, None, VolumeState.LIVE, record.get("time"))],
             )
         elif op == "cut":
-            cut = CutRecord(record["cut"], record["seq"], record["time"], dict(record["luns"]))
+            cut = CutRecord(record["cut"], record["seq"], record["time"], dict(record["luns"]),
+                            record.get("boot"))
             self.cuts[cut.id] = cut
             for name, index in cut.luns.items():
                 self.luns[name].generations.append(
@@ -129,6 +132,8 @@ class Catalog:
                 gens[-1].state = VolumeState.LIVE
                 if gens[-2].state is VolumeState.LIVE:
                     gens[-2].state = VolumeState.DRAINING
+        elif op == "durable":
+            self.cuts[record["cut"]].durable = True
         elif op == "abort":
             cut = self.cuts[record["cut"]]
             cut.aborted = True
@@ -136,6 +141,7 @@ class Catalog:
                 gens = self.luns[name].generations
                 if gens and gens[-1].index == index:
                     gens.pop()
+                    gens[-1].state = VolumeState.LIVE  # the source serves again
         elif op == "freeze":
             self.generation(record["lun"], record["gen"]).state = VolumeState.FROZEN
         elif op == "damaged":
@@ -147,15 +153,24 @@ class Catalog:
                 return gen
         raise KeyError((name, index))
 
-    def recovery(self) -> Recovery:
-        rollback = [c for c in self.cuts.values() if not (c.committed or c.aborted)]
-        freeze = [
+    def cuts_to_roll_back(self, boot: str) -> list[CutRecord]:
+        """Cuts a restart must undo, newest first (see the module docstring)."""
+        undo = []
+        for cut in sorted(self.cuts.values(), key=lambda c: c.id, reverse=True):
+            if cut.aborted:
+                continue
+            if not cut.committed or (not cut.durable and cut.boot != boot):
+                undo.append(cut)
+        return undo
+
+    def generations_to_freeze(self) -> list[tuple[str, int]]:
+        """Superseded generations whose pre-cut commands a stop has ended."""
+        return [
             (lun.name, gen.index)
             for lun in self.luns.values()
             for gen in lun.generations
             if gen.state is VolumeState.DRAINING
         ]
-        return Recovery(rollback, freeze)
 
 
 def replay(state_dir: Path, records: list[dict[str, Any]]) -> Catalog:

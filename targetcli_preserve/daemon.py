@@ -26,7 +26,7 @@ from .catalog import BLOCK_SIZE, Catalog, check_lun_name, replay
 from .control import ControlServer
 from .datapath import Datapath
 from .iscsi.server import IscsiServer
-from .journal import Journal
+from .journal import Journal, current_boot
 from .preserve import Engine, VolumeState
 from .scsi.target import LogicalUnit, LuIdentity, ScsiTarget
 from .volumes import Volume, create_volume, open_volume, remove_volume
@@ -131,15 +131,15 @@ class Daemon:
 
     async def _recover(self, catalog: Catalog, journal: Journal) -> None:
         """Make the state directory consistent before any I/O (rule 9)."""
-        plan = catalog.recovery()
-        for cut in plan.rollback:  # the clone never committed: V stays live
+        for cut in catalog.cuts_to_roll_back(current_boot()):  # V stays (or is again) live
             for name, index in cut.luns.items():
                 await remove_volume(catalog.volume_path(name, index))
-            record = {"op": "abort", "cut": cut.id, "error": "daemon stopped during the cut"}
+            record = {"op": "abort", "cut": cut.id, "error": "the daemon stopped before the "
+                      "preserve was " + ("durable" if cut.committed else "committed")}
             journal.append(record)
             catalog.apply(record)
-            log.warning("rolled back preserve %d (T=%d): it never finished", cut.id, cut.seq)
-        for name, index in plan.freeze:  # its pre-cut commands ended with the last run
+            log.warning("rolled back preserve %d (T=%d): %s", cut.id, cut.seq, record["error"])
+        for name, index in catalog.generations_to_freeze():  # its pre-cut commands ended
             record = {"op": "freeze", "lun": name, "gen": index}
             journal.append(record)
             catalog.apply(record)
@@ -194,6 +194,7 @@ class Daemon:
             raise UserError("preserve needs at least one LUN")
         names = [self._served(n) for n in luns]
         cut = await self.datapath.preserve(names)
+        await self.datapath.durable(cut)  # the admin's preserve survives a power loss
         if wait:
             await asyncio.gather(*(
                 self.datapath.wait_frozen(n, cut.new_generation[n] - 1) for n in cut.luns

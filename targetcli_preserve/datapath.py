@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ._errors import BackendError, PreserveError
 from .catalog import Catalog
-from .journal import Journal
+from .journal import Journal, current_boot
 from .preserve import (
     Action, Clone, Command, Complete, Cut, Discard, Engine, Freeze, Op,
     Start, VolumeState,
@@ -53,6 +53,9 @@ class Datapath:
         self._pending: dict[Command, _Pending] = {}
         self._background: set[asyncio.Task] = set()
         self._drained: dict[tuple[str, int], asyncio.Future] = {}
+        self._durable: dict[str, asyncio.Future] = {}  # LUN -> its newest cut's durability
+        self._durable_cuts: dict[int, asyncio.Future] = {}
+        self._boot = current_boot()
 
     def store(self, lun: str) -> LunStore:
         record = self.catalog.luns[lun]
@@ -107,6 +110,7 @@ class Datapath:
                 pending.result = await vol.read(cmd.start * bs, (cmd.end - cmd.start) * bs)
             else:
                 await _gather(self.volumes[(cmd.lun, g)].flush() for g in generations)
+                await self._wait_durable(cmd.lun)
         except (PreserveError, OSError) as err:
             error = _describe(err)
         self._run(self.engine.io_done(cmd, generations, error))
@@ -118,6 +122,7 @@ class Datapath:
             await vol.write(cmd.start * self._block_size(cmd.lun), data)
             if fua:  # SBC-3 5.39 (WRITE(10) FUA): durable before the command completes
                 await vol.flush()
+                await self._wait_durable(cmd.lun)
         except (PreserveError, OSError) as err:
             error = _describe(err)
             if generation != cmd.home:  # rule 10: the preserve that made it is damaged
@@ -138,37 +143,81 @@ class Datapath:
 
     # ---- preserve ------------------------------------------------------------------
 
-    async def preserve(self, luns: list[str]) -> Cut:
-        """Cut ``luns`` together; return once the clones are committed (post-cut I/O
-        runs on them from then on). If a clone fails the cut has no effect (rule 10)."""
-        cut, clones = self.engine.cut(luns)  # T is taken here, atomically with intake
+    def preserve(self, luns: list[str]) -> asyncio.Future[Cut]:
+        """Cut ``luns`` together *now* (T is taken before this returns, atomically with
+        command intake: rule 2); the future gives the cut once its clones are committed
+        and post-cut I/O runs on them. If a clone fails the cut has no effect (rule 10).
+
+        No fsync waits on this path: the ``cut`` and ``commit`` records are written to
+        the page cache (a daemon crash keeps them), and :meth:`durable` follows in the
+        background (see catalog.py for what a restart keeps)."""
+        cut, clones = self.engine.cut(luns)
         record = {
-            "op": "cut", "cut": cut.id, "seq": cut.seq, "time": _now(),
+            "op": "cut", "cut": cut.id, "seq": cut.seq, "time": _now(), "boot": self._boot,
             "luns": dict(cut.new_generation),
         }
-        # The ``cut`` record and the clones go concurrently; ``commit`` follows both.
-        begun, *made = await asyncio.gather(
-            asyncio.to_thread(self.journal.append, record),
+        try:
+            self.journal.write(record)  # before any clone exists: no orphan is ever needed
+        except BackendError as err:
+            self._run(self.engine.clone_failed(cut, cut.luns[0], str(err)))
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(BackendError(f"preserve failed, nothing was changed: {err}"))
+            return failed
+        self.catalog.apply(record)
+        return asyncio.ensure_future(self._make_clones(cut, clones))
+
+    async def _make_clones(self, cut: Cut, clones: list[Action]) -> Cut:
+        made = await asyncio.gather(
             *(self._clone(action) for action in clones if isinstance(action, Clone)),
             return_exceptions=True,
         )
-        if not isinstance(begun, BaseException):
-            self.catalog.apply(record)
-        failure = next((r for r in (begun, *made) if isinstance(r, BaseException)), None)
+        failure = next((r for r in made if isinstance(r, BaseException)), None)
         if failure is None:
             commit = {"op": "commit", "cut": cut.id}
             try:
-                await asyncio.to_thread(self.journal.append, commit)
+                self.journal.write(commit)
             except BackendError as err:
                 failure = err
             else:
                 self.catalog.apply(commit)
                 for name in cut.luns:
                     self.engine.clone_done(cut, name)
-                self._run(self.engine.commit(cut))
+                self._run(self.engine.commit(cut))  # post-cut commands run from here on
+                self._start_durability(cut)
                 return cut
-        await self._abort(cut, failure, journalled=not isinstance(begun, BaseException))
+        await self._abort(cut, failure)
         raise BackendError(f"preserve failed, nothing was changed: {cut.error}") from failure
+
+    def _start_durability(self, cut: Cut) -> None:
+        earlier = {self._durable[n] for n in cut.luns if n in self._durable}
+        task = asyncio.ensure_future(self._make_durable(cut, earlier))
+        for name in cut.luns:
+            self._durable[name] = task
+        self._durable_cuts[cut.id] = task
+
+    async def _make_durable(self, cut: Cut, earlier: set[asyncio.Future]) -> None:
+        """Clones, then ``cut``/``commit``/``durable`` on stable storage. In cut order per
+        LUN, so a restart after a power loss never keeps a cut on top of a lost one."""
+        if earlier:
+            await asyncio.gather(*earlier)
+        await asyncio.gather(*(self.volumes[(n, cut.new_generation[n])].flush() for n in cut.luns))
+        record = {"op": "durable", "cut": cut.id}
+        await asyncio.to_thread(self.journal.append, record)
+        self.catalog.apply(record)
+
+    async def durable(self, cut: Cut) -> None:
+        """Wait until ``cut`` survives a power loss."""
+        task = self._durable_cuts.get(cut.id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _wait_durable(self, lun: str) -> None:
+        """SYNCHRONIZE CACHE and FUA promise durability: that includes the newest cut."""
+        task = self._durable.get(lun)
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+        elif task is not None and task.exception() is not None:
+            raise BackendError(f"the preserve of {lun} could not be made durable") from task.exception()
 
     async def _clone(self, action: Clone) -> None:
         source = self.volumes[(action.lun, action.source)]
@@ -179,7 +228,7 @@ class Datapath:
             raise BackendError(f"{action.lun}: clone failed: {err}") from err
         self.volumes[(action.lun, action.new)] = vol
 
-    async def _abort(self, cut: Cut, failure: BaseException, journalled: bool) -> None:
+    async def _abort(self, cut: Cut, failure: BaseException) -> None:
         """Roll back every clone of ``cut``; commands that waited for it go home."""
         actions = self.engine.clone_failed(cut, cut.luns[0], str(failure))
         self._run(actions)
@@ -189,8 +238,7 @@ class Datapath:
                 if vol is not None:
                     await vol.close()
                 await remove_volume(self.catalog.volume_path(action.lun, action.generation))
-        if journalled:
-            await self._journal({"op": "abort", "cut": cut.id, "error": cut.error})
+        await self._journal({"op": "abort", "cut": cut.id, "error": cut.error})
 
     async def _freeze(self, lun: str, generation: int) -> None:
         vol = self.volumes.get((lun, generation))
@@ -222,8 +270,9 @@ class Datapath:
         """Wait (bounded) for background work, then close every volume."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=10)
-        for vol in self.volumes.values():
-            await vol.close()
+        # Newest first: a lazy clone stops reading through its source before it closes.
+        for key in sorted(self.volumes, key=lambda k: k[1], reverse=True):
+            await self.volumes[key].close()
         self.volumes.clear()
 
 
