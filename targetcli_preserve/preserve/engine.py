@@ -43,7 +43,7 @@ from .locks import LockTable
 class Op(enum.Enum):
     READ = "read"
     WRITE = "write"  # anything that changes blocks: WRITE, WRITE SAME, UNMAP, ...
-    FLUSH = "flush"  # SYNCHRONIZE CACHE: no range, reaches every unfrozen generation
+    FLUSH = "flush"  # SYNCHRONIZE CACHE: no range; flushes its home generation
 
 
 class VolumeState(enum.Enum):
@@ -71,7 +71,6 @@ class Command:
     home: int  # the generation it was issued against
     blockers: int = 0  # earlier overlapping in-flight writes still running
     waiters: list[Command] = field(default_factory=list)
-    targets: tuple[int, ...] = ()  # FLUSH only: the generations fixed at intake
     inflight: set[int] = field(default_factory=set)
     done: set[int] = field(default_factory=set)
     error: str | None = None
@@ -259,11 +258,6 @@ class Engine:
         self._next_seq += 1
         lun.inflight[cmd.home] = lun.inflight.get(cmd.home, 0) + 1
         lun.commands[cmd.seq] = cmd
-        if op is Op.FLUSH:
-            cmd.targets = tuple(
-                g.index for g in lun.generations
-                if g.state in (VolumeState.LIVE, VolumeState.DRAINING)
-            )
         actions: list[Action] = []
         if lun.locks.add(cmd) == 0:
             self._step(lun, cmd, actions)
@@ -360,10 +354,11 @@ class Engine:
         return [c for c in lun.commands.values() if c.blockers == 0]
 
     def _needed(self, lun: _Lun, cmd: Command) -> tuple[int, ...]:
-        if cmd.op is Op.READ:
+        if cmd.op is not Op.WRITE:
+            # A read reads its home. A FLUSH flushes its home: every write acknowledged
+            # before it is there (a pre-cut one also reached the clone, which the
+            # preserve makes durable itself, and a frozen volume was flushed to freeze).
             return (cmd.home,)
-        if cmd.op is Op.FLUSH:
-            return cmd.targets
         # Rules 4-5: home plus every generation cut while the write is in flight.
         return tuple(range(cmd.home, lun.newest.index + 1))
 

@@ -48,11 +48,13 @@ class LockTable:
 
     def add(self, cmd: Lockable) -> int:
         """Register ``cmd`` at intake; return how many earlier writes it waits for."""
+        if cmd.end <= cmd.start:
+            return 0  # touches no block (a FLUSH, a zero-length transfer): waits for none
         for held in self._writes:
             if held.start < cmd.end and cmd.start < held.end:
                 held.waiters.append(cmd)
                 cmd.blockers += 1
-        if cmd.is_write and cmd.end > cmd.start:
+        if cmd.is_write:
             self._writes.append(cmd)
         return cmd.blockers
 
