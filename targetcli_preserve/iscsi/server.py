@@ -170,7 +170,7 @@ class _IscsiProtocol(asyncio.Protocol):
                 first = it.send(None)
             except StopIteration as stop:
                 r = stop.value
-                self._complete_with(itt, r.status, r.data, r.sense)
+                self._complete_with(itt, r.status, r.data, r.sense, r.data_out_expected)
                 return
             fut = asyncio.ensure_future(_Resumed(it, first))
         except Exception:  # noqa: BLE001 - the SCSI layer must not take the server down
@@ -182,6 +182,7 @@ class _IscsiProtocol(asyncio.Protocol):
 
     def _done(self, itt: int, fut: asyncio.Future) -> None:
         self._running.discard(fut)
+        expected = None
         if fut.cancelled():
             status, data, sense = _CHECK_CONDITION, b"", _INTERNAL_FAILURE_SENSE
         else:
@@ -193,13 +194,16 @@ class _IscsiProtocol(asyncio.Protocol):
             else:
                 r = fut.result()
                 status, data, sense = r.status, r.data, r.sense
-        self._complete_with(itt, status, data, sense)
+                expected = r.data_out_expected
+        self._complete_with(itt, status, data, sense, expected)
 
-    def _complete_with(self, itt: int, status: int, data: bytes, sense: bytes) -> None:
+    def _complete_with(
+        self, itt: int, status: int, data: bytes, sense: bytes, expected: int | None = None
+    ) -> None:
         self._futures.pop(itt, None)
         if self.conn is None or self.transport is None or self.transport.is_closing():
             return
-        self._handle(self.conn.command_completed(itt, status, data, sense))
+        self._handle(self.conn.command_completed(itt, status, data, sense, expected))
         self._schedule_flush()
 
     # ------------------------------------------------------------------ output

@@ -279,9 +279,18 @@ class Connection:
         return self._take_events()
 
     def command_completed(
-        self, itt: int, status: int, data: bytes = b"", sense: bytes = b""
+        self,
+        itt: int,
+        status: int,
+        data: bytes = b"",
+        sense: bytes = b"",
+        data_out_expected: int | None = None,
     ) -> list[Event]:
-        """A delivered SCSI command finished: queue its Data-In/SCSI Response."""
+        """A delivered SCSI command finished: queue its Data-In/SCSI Response.
+
+        ``data_out_expected`` is how much Data-Out the command's CDB asked for (None:
+        unknown); for a write it sets the residual against the Expected Data Transfer
+        Length, as ``data`` does for a read (RFC 7143 11.4.5.1)."""
         task = self.tasks.get(itt)
         if task is None or not task.delivered or self.phase is Phase.CLOSED:
             return self._take_events()
@@ -293,7 +302,7 @@ class Connection:
         if task.aborted:
             self._tombstone(itt)
         else:
-            self._send_response(task, status, data, sense)
+            self._send_response(task, status, data, sense, data_out_expected)
         self._release_waiters(task)
         return self._take_events()
 
@@ -618,7 +627,14 @@ class Connection:
 
     # ------------------------------------------------------------------ responses
 
-    def _send_response(self, task: _Task, status: int, data: bytes, sense: bytes) -> None:
+    def _send_response(
+        self,
+        task: _Task,
+        status: int,
+        data: bytes,
+        sense: bytes,
+        data_out_expected: int | None = None,
+    ) -> None:
         edtl = task.edtl if task.read else 0
         total = len(data)
         overflow = underflow = False
@@ -631,6 +647,17 @@ class Connection:
             elif total < edtl:
                 underflow = True
                 residual = edtl - total
+        elif task.write and data_out_expected is not None:
+            # RFC 7143 11.4.5.1 for a write: O when the CDB wanted more Data-Out than
+            # the Expected Data Transfer Length allowed (the residual was never sent),
+            # U when it used less than the initiator expected to send. Also with a
+            # status other than GOOD (the target "may set the residual count").
+            if data_out_expected > task.edtl:
+                overflow = True
+                residual = data_out_expected - task.edtl
+            elif data_out_expected < task.edtl:
+                underflow = True
+                residual = task.edtl - data_out_expected
         hd = self._hd
         dd = self._dd
         out = self._out

@@ -43,30 +43,40 @@ def _check_range(lu: LogicalUnit, lba: int, blocks: int) -> None:
         raise illegal(Asc.LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE)
 
 
+def _available(data_out: DataOut, data_out_length: int) -> int:
+    if data_out is None:
+        return 0
+    if isinstance(data_out, (bytes, bytearray, memoryview)):
+        return len(data_out)
+    return data_out_length
+
+
+def _take(data_out: DataOut, data_out_length: int, n: int) -> bytes | Awaitable[bytes]:
+    """The first ``n`` bytes of Data-Out (``n`` <= what is available). An awaitable of
+    exactly the right length goes to the store untouched."""
+    if isinstance(data_out, (bytes, bytearray, memoryview)):
+        return bytes(data_out[:n])
+    assert data_out is not None
+    if data_out_length == n:
+        return data_out
+    return _first_bytes(data_out, n)
+
+
+def _short_data_out() -> SenseError:
+    # Raised before the Data-Out is touched: an awaitable stays un-awaited (the caller's).
+    return SenseError(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_INFORMATION_UNIT)
+
+
 def _data_out_bytes(
     lu: LogicalUnit, blocks: int, data_out: DataOut, data_out_length: int
 ) -> bytes | Awaitable[bytes]:
-    """Exactly ``blocks`` blocks of Data-Out, or SenseError if fewer were sent.
-
-    SAM-5 5.4.3: the Data-Out buffer is shorter than the CDB's transfer length needs.
-    We do not write what we did not get: ILLEGAL REQUEST / INVALID FIELD IN INFORMATION
-    UNIT (one of the two outcomes libiscsi's residual tests accept; the other is GOOD).
-    An awaitable of exactly the right length goes to the store untouched."""
+    """Exactly ``blocks`` blocks of Data-Out, or SenseError if fewer were sent (for
+    commands that cannot do with less, e.g. VERIFY with BYTCHK=01b: comparing fewer
+    blocks than asked and answering GOOD would claim a check that never happened)."""
     need = blocks * lu.block_size
-    if data_out is None:
-        have = 0
-    elif isinstance(data_out, (bytes, bytearray, memoryview)):
-        have = len(data_out)
-    else:
-        have = data_out_length
-    if have < need:
-        raise SenseError(SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_INFORMATION_UNIT)
-    if isinstance(data_out, (bytes, bytearray, memoryview)):
-        return bytes(data_out[:need])
-    assert data_out is not None
-    if have == need:
-        return data_out
-    return _first_bytes(data_out, need)
+    if _available(data_out, data_out_length) < need:
+        raise _short_data_out()
+    return _take(data_out, data_out_length, need)
 
 
 async def _first_bytes(data: Awaitable[bytes], n: int) -> bytes:
@@ -97,12 +107,37 @@ async def _finish_read(pending: Awaitable[bytes], expected_length: int) -> bytes
 def write(
     lu: LogicalUnit, cmd: Write, data_out: DataOut, data_out_length: int
 ) -> bytes | Awaitable[bytes]:
-    """WRITE(6/10/12/16), SBC-3 5.31-5.34. FUA=1 asks the store for a durable write."""
+    """WRITE(6/10/12/16), SBC-3 5.31-5.34. FUA=1 asks the store for a durable write.
+
+    The Data-Out the initiator offers (``data_out_length``, iSCSI's Expected Data
+    Transfer Length) may differ from the CDB's TRANSFER LENGTH (SAM-5 5.4.3). The
+    device server transfers the smaller of the two and the transport reports the rest
+    as a residual (RFC 7143 11.4.5.1, from ``ScsiResponse.data_out_expected``):
+
+    * more Data-Out than the CDB needs: the first TRANSFER LENGTH blocks are written,
+      the excess is ignored (underflow residual);
+    * less, in whole blocks: those blocks are written, from the CDB's LBA on, and the
+      command completes with GOOD (overflow residual: the initiator learns that the
+      rest was never transferred). Zero bytes write nothing. This is what libiscsi's
+      residual tests and tgtd do;
+    * less, ending inside a block: nothing is written (a part of a logical block can
+      not be written) and the command fails with ILLEGAL REQUEST / INVALID FIELD IN
+      INFORMATION UNIT, the other outcome libiscsi accepts (and LIO's answer).
+
+    The CDB itself (LBA range, TRANSFER LENGTH limit) is checked in full first."""
     _check_transfer(lu, cmd.lba, cmd.blocks, cmd.length_byte)
-    if cmd.blocks == 0:
+    blocks = cmd.blocks
+    if blocks == 0:
         return b""  # SBC-3: not an error, no data transferred
-    data = _data_out_bytes(lu, cmd.blocks, data_out, data_out_length)
-    return _finish_write(lu.store.write(cmd.lba, cmd.blocks, data, fua=cmd.fua))
+    have = _available(data_out, data_out_length)
+    if have < blocks * lu.block_size:
+        if have % lu.block_size:
+            raise _short_data_out()
+        blocks = have // lu.block_size
+        if blocks == 0:
+            return b""
+    data = _take(data_out, data_out_length, blocks * lu.block_size)
+    return _finish_write(lu.store.write(cmd.lba, blocks, data, fua=cmd.fua))
 
 
 async def _finish_write(pending: Awaitable[None]) -> bytes:

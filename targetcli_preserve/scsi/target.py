@@ -11,6 +11,12 @@ command to the BlockStore (fixing its sequence number), so a transport calling i
 CmdSN order issues commands in CmdSN order. ``data_out`` is None for commands without
 Data-Out, else bytes or an awaitable of bytes (all Data-Out, ``data_out_length`` long).
 
+``data_out_length`` is what the transport was told to expect (iSCSI's Expected Data
+Transfer Length); the CDB says how much the command itself transfers. The two may
+differ (SAM-5 5.4.3). ``ScsiResponse.data_out_expected`` reports the latter, so the
+transport can report the difference as a residual (RFC 7143 11.4.5.1): more than
+``data_out_length`` is an overflow, less is an underflow.
+
 This module owns that contract and the dispatch: which command runs against which
 logical unit, LUN-independent commands (INQUIRY, REPORT LUNS, REQUEST SENSE) on LUNs
 with no logical unit (SPC-4 6.6.2, 6.33, 6.39), allocation-length truncation
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 
 from . import block
 from .cdb import (
+    ByteCheck,
     Command,
     Inquiry,
     ModeSense,
@@ -73,6 +80,10 @@ class ScsiResponse:
     status: ScsiStatus
     data: bytes = b""  # Data-In payload, already limited by the CDB's allocation length
     sense: bytes = b""  # fixed-format sense data (SPC-4 4.5.3) when CHECK CONDITION
+    # Bytes of Data-Out the CDB asks for (its transfer length or parameter list length
+    # in bytes; 0 for a command with no Data-Out), also when the command failed after
+    # decoding. None: not known (the CDB could not be decoded); no write residual then.
+    data_out_expected: int | None = None
 
 
 # Commands a LUN with no logical unit still answers (SPC-4 6.6.2, 6.33, 6.39).
@@ -92,13 +103,26 @@ class _Ready:
         yield  # pragma: no cover - makes this a generator
 
 
-def _check_condition(err: SenseError) -> ScsiResponse:
-    return ScsiResponse(ScsiStatus.CHECK_CONDITION, sense=err.fixed())
+def _check_condition(err: SenseError, expected: int | None) -> ScsiResponse:
+    return ScsiResponse(ScsiStatus.CHECK_CONDITION, sense=err.fixed(), data_out_expected=expected)
 
 
-def _internal_failure() -> ScsiResponse:
+def _internal_failure(expected: int | None = None) -> ScsiResponse:
     sense = fixed_sense(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
-    return ScsiResponse(ScsiStatus.CHECK_CONDITION, sense=sense)
+    return ScsiResponse(ScsiStatus.CHECK_CONDITION, sense=sense, data_out_expected=expected)
+
+
+def _data_out_expected(unit: LogicalUnit | None, cmd: Command) -> int:
+    """How many bytes of Data-Out ``cmd`` transfers according to its CDB (SBC-3 4.2.2:
+    TRANSFER LENGTH counts logical blocks; SPC-4 4.2.5.5: PARAMETER LIST LENGTH)."""
+    if unit is None:
+        return 0
+    match cmd:
+        case Write():
+            return cmd.blocks * unit.block_size
+        case Verify() if cmd.bytchk is ByteCheck.COMPARE:
+            return cmd.blocks * unit.block_size
+    return 0
 
 
 def _cut(data: bytes, allocation_length: int) -> bytes:
@@ -141,43 +165,38 @@ class ScsiTarget:
         is CHECK CONDITION with ILLEGAL REQUEST, a bug is HARDWARE ERROR / INTERNAL
         TARGET FAILURE (logged)."""
         raw = b""
+        expected: int | None = None
         try:
             if not isinstance(cdb, (bytes, bytearray, memoryview)):
                 raise TypeError(f"CDB must be bytes, not {type(cdb).__name__}")
             raw = bytes(cdb)
-            result = self._issue(lun, raw, data_out, data_out_length)
+            unit = self.luns.get(lun)
+            if unit is None and (not raw or raw[0] not in _LUN_INDEPENDENT):
+                # SPC-4 6.6.2 / SAM-5 5.8: no logical unit at this LUN
+                raise illegal(Asc.LOGICAL_UNIT_NOT_SUPPORTED)
+            cmd = decode(raw)
+            expected = _data_out_expected(unit, cmd)
+            result = self._dispatch(unit, cmd, data_out, data_out_length)
         except SenseError as err:
-            return _Ready(_check_condition(err))
+            return _Ready(_check_condition(err, expected))
         except Exception:
             log.exception("SCSI command %s on LUN %r failed", raw[:16].hex(), lun)
-            return _Ready(_internal_failure())
+            return _Ready(_internal_failure(expected))
         if isinstance(result, bytes):
-            return _Ready(ScsiResponse(ScsiStatus.GOOD, data=result))
-        return self._complete(result, raw[:16], lun)
+            return _Ready(ScsiResponse(ScsiStatus.GOOD, data=result, data_out_expected=expected))
+        return self._complete(result, raw[:16], lun, expected)
 
-    async def _complete(self, pending: Awaitable[bytes], cdb: bytes, lun: int) -> ScsiResponse:
+    async def _complete(
+        self, pending: Awaitable[bytes], cdb: bytes, lun: int, expected: int | None
+    ) -> ScsiResponse:
         try:
             data = await pending
         except SenseError as err:
-            return _check_condition(err)
+            return _check_condition(err, expected)
         except Exception:
             log.exception("SCSI command %s on LUN %r failed", cdb.hex(), lun)
-            return _internal_failure()
-        return ScsiResponse(ScsiStatus.GOOD, data=data)
-
-    def _issue(
-        self,
-        lun: int,
-        cdb: bytes,
-        data_out: bytes | Awaitable[bytes] | None,
-        data_out_length: int,
-    ) -> bytes | Awaitable[bytes]:
-        unit = self.luns.get(lun)
-        if unit is None and (not cdb or cdb[0] not in _LUN_INDEPENDENT):
-            # SPC-4 6.6.2 / SAM-5 5.8: no logical unit at this LUN
-            raise illegal(Asc.LOGICAL_UNIT_NOT_SUPPORTED)
-        cmd = decode(cdb)
-        return self._dispatch(unit, cmd, data_out, data_out_length)
+            return _internal_failure(expected)
+        return ScsiResponse(ScsiStatus.GOOD, data=data, data_out_expected=expected)
 
     def _dispatch(
         self,

@@ -195,8 +195,8 @@ def test_iscsi_test_cu_scsi_subset(iscsi_server):
     assert s["ran"] >= 20 and s["failed"] == 0, out[-4000:]
 
 
-# The SCSI layer reports no Data-Out residual, so WRITE residuals cannot be exact yet.
-KNOWN_ISCSI_FAILURES = {"Write10Residuals", "Write12Residuals", "Write16Residuals"}
+# Every test of the family passes (WRITE residuals come from ScsiResponse.data_out_expected).
+KNOWN_ISCSI_FAILURES: set[str] = set()
 
 
 @pytest.mark.slow

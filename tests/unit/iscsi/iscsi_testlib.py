@@ -53,8 +53,15 @@ class Harness:
         self.events += ev
         return ev
 
-    def complete(self, itt: int, status: int = 0, data: bytes = b"", sense: bytes = b""):
-        ev = self.conn.command_completed(itt, status, data, sense)
+    def complete(
+        self,
+        itt: int,
+        status: int = 0,
+        data: bytes = b"",
+        sense: bytes = b"",
+        data_out_expected: int | None = None,
+    ):
+        ev = self.conn.command_completed(itt, status, data, sense, data_out_expected)
         self.events += ev
         return ev
 

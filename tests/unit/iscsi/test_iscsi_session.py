@@ -124,6 +124,42 @@ def test_zero_edtl_read_gives_response_with_overflow():
     assert isinstance(rsp, ScsiResponsePdu) and rsp.overflow and rsp.residual_count == 512
 
 
+def _write_response(edtl, expected, status=0, sense=b""):
+    h = Harness(immediate_data=True, first_burst_length=65536)
+    h.send(write_cmd(1, 1, edtl, b"w" * edtl))
+    h.complete(1, status, b"", sense, data_out_expected=expected)
+    (rsp,) = h.received()
+    assert isinstance(rsp, ScsiResponsePdu) and rsp.status == status
+    return rsp
+
+
+def test_write_cdb_wanting_more_than_edtl_is_overflow():
+    rsp = _write_response(512, 1024)
+    assert rsp.overflow and not rsp.underflow and rsp.residual_count == 512
+
+
+def test_write_with_zero_edtl_is_overflow_of_the_whole_transfer():
+    rsp = _write_response(0, 512)
+    assert rsp.overflow and rsp.residual_count == 512
+
+
+def test_write_cdb_using_less_than_edtl_is_underflow():
+    rsp = _write_response(8000, 512)
+    assert rsp.underflow and not rsp.overflow and rsp.residual_count == 8000 - 512
+
+
+def test_write_residual_also_set_with_check_condition():
+    sense = bytes([0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x0E, 0x03, 0, 0, 0, 0])
+    rsp = _write_response(200, 512, status=2, sense=sense)
+    assert rsp.overflow and rsp.residual_count == 312
+
+
+def test_write_exact_or_unknown_expectation_has_no_residual():
+    for expected in (4096, None):
+        rsp = _write_response(4096, expected)
+        assert not rsp.overflow and not rsp.underflow and rsp.residual_count == 0
+
+
 def test_check_condition_goes_in_scsi_response_with_sense():
     h = Harness()
     h.send(read_cmd(1, 1, edtl=4096))

@@ -159,21 +159,78 @@ async def test_longer_data_out_is_cut_to_transfer_length(target, store):
     assert store.data[4 * BS : 5 * BS] == pattern(2)[:BS]
 
 
-@pytest.mark.parametrize("data,length", [(None, 0), (b"", 0), (b"x" * 200, 200)])
-async def test_short_data_out_is_rejected_without_writing(target, store, data, length):
-    r = await run(target, write10(0, 1), data, length)
+@pytest.mark.parametrize("data,length", [(b"x" * 200, 200), (b"x" * 700, 700)])
+async def test_data_out_ending_inside_a_block_is_rejected_without_writing(
+    target, store, data, length
+):
+    r = await run(target, write10(0, 2), data, length)
     assert r.status is ScsiStatus.CHECK_CONDITION
     assert sense_of(r) == (0x05, 0x0E, 0x03)  # INVALID FIELD IN INFORMATION UNIT
+    assert r.data_out_expected == 2 * BS  # the transport still reports the residual
     assert store.issued == []
+
+
+@pytest.mark.parametrize("data,length", [(None, 0), (b"", 0)])
+async def test_no_data_out_writes_nothing_and_is_good(target, store, data, length):
+    # RFC 7143 11.4.5.1 / libiscsi's WRITE residual tests: GOOD, overflow residual.
+    r = await run(target, write10(0, 1), data, length)
+    assert r.status is ScsiStatus.GOOD
+    assert r.data_out_expected == BS
+    assert store.issued == []
+
+
+async def test_fewer_whole_blocks_of_data_out_write_only_those(target, store):
+    store.data[: 2 * BS] = b"a" * (2 * BS)
+    r = await run(target, write10(0, 2), b"b" * BS)
+    assert r.status is ScsiStatus.GOOD and r.data_out_expected == 2 * BS
+    assert store.issued == [("write", 0, 1)]
+    assert store.data[: 2 * BS] == b"b" * BS + b"a" * BS
+
+
+async def test_fewer_whole_blocks_from_an_awaitable(target, store):
+    r = await target.execute(0, write10(4, 3), later(pattern(2)), 2 * BS)
+    assert r.status is ScsiStatus.GOOD
+    assert store.issued == [("write", 4, 2)]
+    assert store.data[4 * BS : 6 * BS] == pattern(2)
+    assert store.data[6 * BS : 7 * BS] == bytes(BS)
 
 
 async def test_short_awaitable_data_out_is_not_awaited(target, store):
     pending = later(pattern(1))
-    r = await target.execute(0, write10(0, 2), pending, BS)
+    r = await target.execute(0, write10(0, 2), pending, BS + 1)
     assert sense_of(r) == (0x05, 0x0E, 0x03)
     assert store.issued == []
     assert inspect.getcoroutinestate(pending) == inspect.CORO_CREATED  # never started
     pending.close()
+
+
+async def test_out_of_range_is_checked_on_the_whole_cdb_range(target, store):
+    # the CDB runs past the end even though the offered Data-Out would not
+    r = await run(target, write10(NB - 1, 2), pattern(1))
+    assert sense_of(r) == LBA_OOB
+    assert r.data_out_expected == 2 * BS
+    assert store.issued == []
+
+
+@pytest.mark.parametrize(
+    "cdb,data,expected",
+    [
+        (write10(0, 3), pattern(1), 3 * BS),
+        (write10(0, 0), pattern(1), 0),
+        (read10(0, 1), None, 0),
+        (verify10(0, 2, bytchk=1), pattern(2), 2 * BS),
+        (verify10(0, 2), None, 0),
+    ],
+)
+async def test_data_out_expected_is_reported(target, cdb, data, expected):
+    r = await run(target, cdb, data)
+    assert r.data_out_expected == expected
+
+
+@pytest.mark.parametrize("cdb", [b"\xff" + bytes(9), bytes((0x2A, 0xE0)) + bytes(8)])
+async def test_undecodable_cdb_reports_no_data_out_expectation(target, cdb):
+    r = await run(target, cdb, pattern(1))
+    assert r.status is ScsiStatus.CHECK_CONDITION and r.data_out_expected is None
 
 
 # --- FUA / DPO ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def lu() -> LogicalUnit:
 
 async def test_test_unit_ready(target):
     r = await run(target, bytes(6))
-    assert r == r.__class__(ScsiStatus.GOOD)
+    assert r == r.__class__(ScsiStatus.GOOD, data_out_expected=0)
 
 
 @pytest.mark.parametrize(
