@@ -2,7 +2,16 @@
 
 Creation is transactional (DESIGN.md section 6). A data file is built as ``P.partial``
 and published as ``P`` with link(2), which fails if ``P`` exists; the sidecars are
-written before that, so after a crash ``P`` either does not exist or is complete.
+written before that, so after a process crash ``P`` either does not exist or is
+complete (the page cache keeps the order of the syscalls).
+
+Durability. ``create_volume`` (not on a hot path) fsyncs the file and the directory
+before it returns. ``clone_volume`` is on the cut's latency path (DESIGN.md rule 3:
+the first post-cut write waits for it), so it issues no fsync at all: the LUN has a
+write-back cache, and the clone's first ``flush()`` (SYNCHRONIZE CACHE) makes the
+file, its sidecars and its name durable. Until then a power loss may lose the clone
+(or leave it unreadable: ``open_volume`` then fails with a clear error), never make
+it read wrong data.
 Whatever a failed call made is removed before the error is raised; ``remove_volume``
 deletes ``P`` and every sidecar, and is what the engine's journal uses to roll back a
 clone whose preserve never finished (rule 9).
@@ -74,19 +83,22 @@ def _new_partial(path: Path, size: int) -> int:
     return fd
 
 
-def _publish(path: Path, fd: int) -> None:
-    """fsync the partial file, then make it appear as ``path`` (fails if it exists)."""
-    os.fsync(fd)
+def _publish(path: Path, fd: int, *, durable: bool) -> None:
+    """Make the partial file appear as ``path`` (fails if it exists); with ``durable``,
+    fsync it before and the directory after."""
+    if durable:
+        os.fsync(fd)
     partial = sidecar.partial_path(path)
     os.link(partial, path)
     os.unlink(partial)
-    sidecar.fsync_dir(path.parent)
+    if durable:
+        sidecar.fsync_dir(path.parent)
 
 
 def _create_blocking(path: Path, size: int) -> int:
     fd = _new_partial(path, size)
     try:
-        _publish(path, fd)
+        _publish(path, fd, durable=True)
     except BaseException:
         os.close(fd)
         raise
@@ -106,7 +118,7 @@ async def create_volume(path: Path, size: int) -> Volume:
         else:
             await _run(_cleanup_unpublished, path)
         raise _os_error("create volume", path, err) from err
-    return FileVolume(path, fd, size)
+    return FileVolume(path, fd, size, fresh=False)
 
 
 def _cleanup_unpublished(path: Path) -> None:
@@ -155,16 +167,19 @@ def _clone_blocking(
                 else:
                     meta = sidecar.CloneMeta(CloneStrategy.REFLINK, source.path, source.size)
                     sidecar.write_meta_new(dest, meta)
-                    _publish(dest, fd)
+                    _publish(dest, fd, durable=False)
                     return _Made(fd, CloneStrategy.REFLINK, meta)
-        # Lazy: O(1) -- a hole of the right size, a hole-backed bitmap, a small JSON.
+        # Lazy: O(1) -- a hole of the right size, two hole-backed bitmaps, a small JSON.
+        # No fsync: the first flush() makes them durable (module docstring).
         os.ftruncate(fd, source.size)
         nchunks = -(-source.size // chunk_size)
-        bitmap = ChunkBitmap.create(sidecar.bitmap_path(dest), nchunks)
+        bitmap = ChunkBitmap.create(
+            sidecar.bitmap_path(dest), sidecar.volatile_bitmap_path(dest), nchunks
+        )
         try:
             meta = sidecar.CloneMeta(CloneStrategy.LAZY, source.path, source.size, chunk_size)
             sidecar.write_meta_new(dest, meta)
-            _publish(dest, fd)
+            _publish(dest, fd, durable=False)
         except BaseException:
             bitmap.close()
             raise
@@ -187,7 +202,9 @@ async def clone_volume(
     ``strategy`` None picks REFLINK when FICLONE works for this source and filesystem,
     else LAZY. A lazy clone reads through ``source``, which must stay open until the
     clone is hydrated (``wait_hydrated``) or closed; ``background=False`` leaves
-    hydration to ``hydrate_step``/``wait_hydrated`` (tests)."""
+    hydration to ``hydrate_step``/``wait_hydrated`` (tests).
+
+    Nothing is fsynced: the clone is durable after its first ``flush()``."""
     dest = Path(dest).absolute()
     if not isinstance(source, FileVolume):
         raise UserError(f"cannot clone {source!r}: only file volumes are supported")
@@ -219,6 +236,13 @@ async def clone_volume(
 
 def _open_blocking(path: Path, read_only: bool) -> tuple[int, int, sidecar.CloneMeta | None]:
     meta = sidecar.read_meta(path)
+    if meta is None and os.path.lexists(path):
+        for other in (sidecar.bitmap_path(path), sidecar.volatile_bitmap_path(path)):
+            if os.path.lexists(other):
+                raise BackendError(
+                    f"{path} has a chunk bitmap ({other.name}) but no clone metadata "
+                    f"({sidecar.meta_path(path).name}): an incomplete lazy clone"
+                )
     lazy = meta is not None and meta.strategy is CloneStrategy.LAZY and not meta.hydrated
     # A lazy clone keeps a writable fd even when read-only: its hydrator writes it.
     flags = os.O_RDONLY if read_only and not lazy else os.O_RDWR
@@ -261,7 +285,10 @@ async def _open(
             raise BackendError(f"source {src.path} of {path} is smaller than the clone")
         assert meta.chunk_size is not None
         bitmap = await _run(
-            ChunkBitmap.load, sidecar.bitmap_path(path), -(-size // meta.chunk_size)
+            ChunkBitmap.open,
+            sidecar.bitmap_path(path),
+            sidecar.volatile_bitmap_path(path),
+            -(-size // meta.chunk_size),
         )
     except BaseException as err:
         os.close(fd)
@@ -283,9 +310,11 @@ async def open_volume(
 ) -> Volume:
     """Reopen the volume at ``path`` (after a restart).
 
-    A lazy clone that was not hydrated reloads its bitmap, reopens its source chain
-    read-only (or uses ``source``, an already open volume at the recorded source path,
-    which it does not own) and resumes background hydration."""
+    A lazy clone that was not hydrated reloads its bitmap (the volatile one if this boot
+    wrote it, else the durable one: ``bitmap.py``), reopens its source chain read-only
+    (or uses ``source``, an already open volume at the recorded source path, which it
+    does not own) and resumes background hydration. The first ``flush()`` of a reopened
+    volume fsyncs everything, as for a new clone."""
     return await _open(
         Path(path).absolute(), source=source, read_only=read_only, background=background
     )

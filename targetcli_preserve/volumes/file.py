@@ -9,6 +9,14 @@ blocks on I/O; only a cache miss pays the executor round trip (about 100 us on a
 answer EOPNOTSUPP once and the volume stops trying. Writes always go to the executor:
 a buffered write may allocate blocks or be throttled by dirty-page writeback.
 
+Durability (the LUN has a write-back cache, SBC-3 WCE=1; DESIGN.md rule 8): a write
+returns once its data is in the page cache, which a process crash keeps; flush()
+(SYNCHRONIZE CACHE) makes every write that returned durable. A counter of finished
+writes lets flush() skip the fdatasync when nothing changed since the last one. A
+volume that was not made durable when it was created (a clone: the cut never waits
+for the disk) or was opened after a restart is *fresh*: its first flush() fsyncs the
+data file, its clone metadata and the directory, so its name survives a power loss.
+
 A frozen volume reopens its file read-only. The old read-write descriptor is kept
 open until close(): a syscall already handed to a worker thread may still use it, and
 closing it early could let the number be reused for another file.
@@ -22,6 +30,7 @@ import os
 from pathlib import Path
 
 from targetcli_preserve._errors import BackendError, UserError
+from targetcli_preserve.volumes import sidecar
 from targetcli_preserve.volumes._executor import EXECUTOR, submit
 from targetcli_preserve.volumes.base import CloneStrategy, Volume
 
@@ -73,6 +82,7 @@ class FileVolume(Volume):
         *,
         read_only: bool = False,
         strategy: CloneStrategy | None = None,
+        fresh: bool = True,
     ) -> None:
         self.path = path
         self.size = size
@@ -81,6 +91,13 @@ class FileVolume(Volume):
         self._fd = fd
         self._retired_fds: list[int] = []
         self._nowait = bool(_RWF_NOWAIT)
+        #: Bumped when a write (or a hydration) has finished; flush() records the value
+        #: it made durable. Bumped *after* the pwrite, so a write still running when a
+        #: flush starts is never counted as flushed.
+        self._gen = 0
+        self._synced_gen = 0
+        #: True until a flush() made the file, its sidecars and its name durable.
+        self._fresh = fresh
 
     # ---- raw file access (no bounds or frozen checks; used by subclasses too) ----
 
@@ -116,12 +133,35 @@ class FileVolume(Volume):
             raise BackendError(
                 f"write {self.path} at {offset}+{len(data)}: {err.strerror}"
             ) from err
+        self._gen += 1
 
-    async def _datasync(self) -> None:
+    def _sync_fresh_blocking(self) -> None:
+        """First flush of a fresh volume: the file, its clone metadata, its name."""
+        os.fsync(self._fd)
+        if self.strategy is not None:
+            sidecar.fsync_file(sidecar.meta_path(self.path))
+        sidecar.fsync_dir(self.path.parent)
+
+    def _sync_blocking(self, fresh: bool) -> None:
+        if fresh:
+            self._sync_fresh_blocking()
+        else:
+            os.fdatasync(self._fd)
+
+    def dirty(self) -> bool:
+        """True if a flush() would have anything to make durable."""
+        return self._fresh or self._gen != self._synced_gen
+
+    async def _flush_file(self) -> None:
+        gen, fresh = self._gen, self._fresh
+        if not fresh and gen == self._synced_gen:
+            return  # nothing finished since the last flush: no fsync
         try:
-            await asyncio.get_running_loop().run_in_executor(EXECUTOR, os.fdatasync, self._fd)
+            await asyncio.get_running_loop().run_in_executor(EXECUTOR, self._sync_blocking, fresh)
         except OSError as err:
-            raise BackendError(f"fdatasync {self.path}: {err.strerror}") from err
+            raise BackendError(f"flush {self.path}: {err.strerror or err}") from err
+        self._fresh = False
+        self._synced_gen = max(self._synced_gen, gen)
 
     def _read_blocking(self, offset: int, length: int) -> bytes:
         """Content at offset, for worker threads (a lazy clone hydrating from us)."""
@@ -155,13 +195,13 @@ class FileVolume(Volume):
             await self._write_file(offset, data)
 
     async def flush(self) -> None:
-        await self._datasync()
+        await self._flush_file()
 
     async def freeze(self) -> None:
         if self.read_only:
             return
         self.read_only = True
-        await self._datasync()
+        await self.flush()
         await self._reopen_read_only()
 
     async def _reopen_read_only(self) -> None:

@@ -11,7 +11,7 @@ gives a sparse clone.
 Why the result is right while the source is still being written. The engine
 replicates every pre-cut write to both the source and the clone (rule 4), so a source
 write may be in flight while a chunk is hydrated, and a hydration may copy some of its
-bytes. Correctness rests on three rules enforced here:
+bytes. Correctness rests on these rules, enforced here:
 
 1. A chunk is hydrated (by the hydrator, or by a write that covers it only partly)
    and a write to a not-yet-hydrated chunk is applied only while holding that
@@ -19,15 +19,24 @@ bytes. Correctness rests on three rules enforced here:
    So the clone-side copy of any replicated write lands *after* any hydration of its
    chunk and overwrites whatever half-written bytes that hydration copied; a
    hydration can never overwrite newer data.
-2. A bit is staged, persisted (pwrite to the sidecar) and only then set for the data
-   path, and only after the chunk's data is in the clone's file. Acknowledged writes
-   therefore survive a process crash: after a restart the chunk is not re-copied
-   from the source over them. Writes to hydrated chunks take no lock at all.
-3. Power loss: before a bit is persisted, a chunk whose old content was not all
-   zeros is made durable (fdatasync of the clone's file), so the sidecar can never
-   reach the disk ahead of the data and make a chunk read as zeros. This costs one
-   fdatasync the first time a write touches each such chunk (and per hydrated chunk);
-   writes to hydrated chunks never pay it. flush() fdatasyncs data, then the bitmap.
+2. Process crash (the page cache survives it). A chunk's bit is pwritten to the
+   volatile bitmap in the same worker call, right after the chunk's data was
+   pwritten, and only then set for the data path and the write acknowledged. So an
+   acknowledged write survives: after a restart in the same boot the volatile bitmap
+   is used and the chunk is not re-copied from the source over it. Writes to
+   hydrated chunks take no lock at all. No fsync anywhere on this path.
+3. Power loss (the LUN has a write-back cache: only flush() promises durability).
+   flush() snapshots the set bits, fdatasyncs the clone's data, and only then writes
+   those bits to the durable bitmap and fdatasyncs it, so the durable bitmap never
+   holds a bit whose chunk data is not on disk. After a reboot only the durable
+   bitmap is used (``bitmap.py``). The background hydrator does the same every
+   ``HYDRATE_SYNC_BYTES`` of copied data and at the end, off the event loop and
+   holding no chunk lock.
+4. A chunk whose bit is clear reads from the source. After a lost bit (power loss,
+   or a write that failed half-way) the clone's own file may still hold bytes in it;
+   a hydration then copies the chunk *exactly* (zeros included) instead of skipping
+   zero pieces or marking a source hole as hydrated, so the chunk never changes
+   content without a write.
 
 Once every bit is set the clone syncs, marks itself hydrated in its JSON sidecar and
 never reads its source again: it behaves as a plain file volume from then on.
@@ -57,6 +66,9 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 #: before copying its next chunk anyway: low priority, never starved.
 _YIELD_STEPS = 20
 _YIELD_STEP_S = 0.0005
+#: The hydrator flushes (rule 3) after copying this much data, so a power loss does
+#: not undo more than this much of its work.
+HYDRATE_SYNC_BYTES = 64 << 20
 
 
 #: Source path -> the open, not yet hydrated lazy clones reading through it (rule 3: a
@@ -123,6 +135,7 @@ class LazyVolume(FileVolume):
         self._stopping = False
         self._done = asyncio.Event()
         self._error: BaseException | None = None
+        self._unsynced_bytes = 0  # copied by the hydrator since the last flush
 
     def _release_source(self) -> None:
         readers = _readers.get(self._source.path)
@@ -198,52 +211,78 @@ class LazyVolume(FileVolume):
     def _source_has_data(self, start: int, end: int) -> bool:
         return self._source._next_data_blocking(start) < end
 
-    def _copy_blocking(self, start: int, length: int) -> bool:
-        """Copy source bytes into our file unless they are a hole or zeros."""
-        if not self._source_has_data(start, start + length):
-            return False
-        data = self._source._read_blocking(start, length)
-        if data == bytes(length):
-            return False
-        return _write_nonzero(self._fd, data, start)
+    def _own_has_data(self, start: int, end: int) -> bool:
+        """Bytes in our file where the bit is clear: left by a lost bit (rule 4)."""
+        return next_data(self._fd, start, self.size) < end
 
-    def _hydrate_chunk_blocking(self, c: int) -> None:
-        start = c * self._cs
-        if self._copy_blocking(start, self._chunk_end(c) - start):
-            os.fdatasync(self._fd)
+    def _copy_blocking(self, start: int, length: int, exact: bool) -> int:
+        """Copy source bytes into our file; returns the bytes written.
+
+        Holes and zeros are skipped (the clone stays sparse) unless ``exact``: then our
+        file already holds stray bytes there, and zeros are written over them."""
+        if not self._source_has_data(start, start + length):
+            if not exact:
+                return 0
+            pwrite_all(self._fd, bytes(length), start)
+            return length
+        data = self._source._read_blocking(start, length)
+        if exact:
+            pwrite_all(self._fd, data, start)
+            return length
+        if data == bytes(length):
+            return 0
+        return length if _write_nonzero(self._fd, data, start) else 0
+
+    def _hydrate_chunk_blocking(self, c: int) -> int:
+        """Copy chunk ``c``, then pwrite its bit to the volatile bitmap (rule 2)."""
+        start, end = c * self._cs, self._chunk_end(c)
+        copied = self._copy_blocking(start, end - start, self._own_has_data(start, end))
+        self._bitmap.mark([c])
+        return copied
 
     def _hydrate_and_write_blocking(self, chunks: list[int], offset: int, data: bytes) -> None:
-        """Copy the parts of ``chunks`` outside the write, then write (rule 1 and 3)."""
+        """Copy the parts of ``chunks`` outside the write, write, then pwrite the bits
+        to the volatile bitmap (rules 1 and 2). No fdatasync (rule 3)."""
         end = offset + len(data)
-        need_sync = False
         for c in chunks:
             cstart, cend = c * self._cs, self._chunk_end(c)
-            if not self._source_has_data(cstart, cend):
-                continue  # old content is zeros: nothing to copy, nothing to order
-            need_sync = True
+            exact = self._own_has_data(cstart, cend)
+            if not exact and not self._source_has_data(cstart, cend):
+                continue  # old content is zeros and our file is a hole: nothing to copy
             if cstart < offset:
-                self._copy_blocking(cstart, offset - cstart)
+                self._copy_blocking(cstart, offset - cstart, exact)
             if end < cend:
-                self._copy_blocking(end, cend - end)
+                self._copy_blocking(end, cend - end, exact)
         pwrite_all(self._fd, data, offset)
-        if need_sync:
+        self._bitmap.mark(chunks)
+
+    def _find_data_blocking(self, offset: int) -> tuple[int, int]:
+        """(first data in the source, first byte in our own file) from ``offset``."""
+        return self._source._next_data_blocking(offset), next_data(self._fd, offset, self.size)
+
+    def _flush_blocking(self, snapshot: bytes, fresh: bool) -> None:
+        """Rule 3: data first, then the snapshot's bits to the durable bitmap."""
+        if fresh:
+            os.fsync(self._fd)
+        else:
             os.fdatasync(self._fd)
+        self._bitmap.write_durable(snapshot, sync_file=fresh)
+        if fresh:
+            sidecar.fsync_file(sidecar.meta_path(self.path))
+            sidecar.fsync_dir(self.path.parent)
 
-    # ---- bitmap updates (rule 2) ----
+    # ---- bitmap commits (event loop; the bits were marked by a worker) ----
 
-    async def _mark(self, chunks: list[int]) -> None:
-        bm = self._bitmap
-        lo, hi = bm.stage(chunks)
-        await self._call("update bitmap of", bm.persist, lo, hi)
-        bm.commit(chunks)
+    def _commit(self, chunks: list[int]) -> None:
+        self._bitmap.commit(chunks)
+        self._gen += 1
         for c in chunks:
             self._locks.pop(c, None)
 
     async def _mark_range(self, first: int, end: int) -> None:
-        bm = self._bitmap
-        lo, hi = bm.stage_range(first, end)
-        await self._call("update bitmap of", bm.persist, lo, hi)
-        bm.commit_range(first, end)
+        await self._call("update bitmap of", self._bitmap.mark_range, first, end)
+        self._bitmap.commit_range(first, end)
+        self._gen += 1
 
     # ---- the Volume API ----
 
@@ -309,15 +348,23 @@ class LazyVolume(FileVolume):
             await self._call(
                 "hydrate and write", self._hydrate_and_write_blocking, todo, offset, data
             )
-            await self._mark(todo)
+            self._commit(todo)
         finally:
             for lock in held:
                 lock.release()
 
     async def flush(self) -> None:
-        await self._datasync()
-        if not self._complete:
-            await self._call("fdatasync bitmap of", self._bitmap.sync)
+        if self._complete:
+            return await self._flush_file()
+        gen, fresh = self._gen, self._fresh
+        if not fresh and gen == self._synced_gen:
+            return  # nothing finished since the last flush: no fsync
+        # Snapshot before the data sync: every bit in it has its data pwritten.
+        snapshot = bytes(self._bitmap.bits)
+        self._unsynced_bytes = 0
+        await self._call("flush", self._flush_blocking, snapshot, fresh)
+        self._fresh = False
+        self._synced_gen = max(self._synced_gen, gen)
 
     async def freeze(self) -> None:
         if self.read_only:
@@ -371,10 +418,10 @@ class LazyVolume(FileVolume):
         c = bm.next_clear(self._cursor)
         if c is None:
             return False
-        nd = await self._call(
-            "find data in source of", self._source._next_data_blocking, c * self._cs
-        )
+        nd, own = await self._call("find data for", self._find_data_blocking, c * self._cs)
         hole_end = self._nchunks if nd >= self.size else nd // self._cs
+        if own < self.size:
+            hole_end = min(hole_end, own // self._cs)  # stray bytes of ours: copy exactly
         if hole_end > c:
             # Chunks c..hole_end-1 are holes in the source: set their bits without
             # writing anything. Chunks someone is hydrating right now are left to them.
@@ -388,8 +435,8 @@ class LazyVolume(FileVolume):
             return True
         async with self._lock_for(c):
             if not bm.test(c):
-                await self._call("hydrate", self._hydrate_chunk_blocking, c)
-                await self._mark([c])
+                self._unsynced_bytes += await self._call("hydrate", self._hydrate_chunk_blocking, c)
+                self._commit([c])
         self._cursor = c + 1
         return True
 
@@ -405,6 +452,8 @@ class LazyVolume(FileVolume):
                 if not await self.hydrate_step():
                     await self._finish()
                     return
+                if self._unsynced_bytes >= HYDRATE_SYNC_BYTES:
+                    await self.flush()  # rule 3; no chunk lock is held here
                 await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
@@ -414,8 +463,7 @@ class LazyVolume(FileVolume):
             self._done.set()
 
     async def _finish(self) -> None:
-        await self._datasync()
-        await self._call("fdatasync bitmap of", self._bitmap.sync)
+        await self.flush()  # every chunk's data, then the full durable bitmap
         self._meta = dataclasses.replace(self._meta, hydrated=True)
         await self._call("mark hydrated", sidecar.replace_meta, self.path, self._meta)
         self._complete = True

@@ -6,11 +6,19 @@ For a volume at ``P``:
 - ``P.clone.json``  clone metadata (strategy, source path, chunk size, hydrated flag),
                     present only for clones; it is what lets ``open_volume`` rebuild a
                     lazy clone's source chain after a restart;
-- ``P.bitmap``      the chunk bitmap of a lazy clone (``bitmap.py``);
+- ``P.bitmap``      the *durable* chunk bitmap of a lazy clone: written and fdatasynced
+                    only by flush(), after the clone's data (``bitmap.py``);
+- ``P.bitmap.volatile``  the *volatile* chunk bitmap: pwritten as soon as a chunk is
+                    hydrated, never fsynced, stamped with the kernel boot id; trusted
+                    only in the boot that wrote it (``bitmap.py``);
 - ``P.partial``     a data file being made; it is published as ``P`` with link(2) only
                     once complete, so ``P`` never exists half-made.
 
 ``remove_volume`` deletes all of them. This module owns the names and the JSON format.
+
+Durability: a clone's sidecars are written without fsync (the cut is on the latency
+path); the clone's first flush() fsyncs them and the directory (``lazy.py``,
+``file.py``). ``replace_meta`` (once per clone, when hydration ends) is durable at once.
 """
 
 from __future__ import annotations
@@ -34,6 +42,10 @@ def bitmap_path(path: Path) -> Path:
     return path.with_name(path.name + ".bitmap")
 
 
+def volatile_bitmap_path(path: Path) -> Path:
+    return path.with_name(path.name + ".bitmap.volatile")
+
+
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
@@ -43,6 +55,7 @@ def all_paths(path: Path) -> list[Path]:
     meta = meta_path(path)
     return [
         partial_path(path),
+        volatile_bitmap_path(path),
         bitmap_path(path),
         meta.with_name(meta.name + ".tmp"),
         meta,
@@ -108,12 +121,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_meta_new(volume_path: Path, meta: CloneMeta) -> None:
-    """Create ``P.clone.json`` (must not exist) durably. Blocking."""
-    fd = os.open(meta_path(volume_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def fsync_file(path: Path) -> None:
+    """fsync an existing file by name. Blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.write(fd, meta.to_json())
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_meta_new(volume_path: Path, meta: CloneMeta) -> None:
+    """Create ``P.clone.json`` (must not exist), not synced: the volume's first flush()
+    fsyncs it. Blocking."""
+    fd = os.open(meta_path(volume_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        raw = meta.to_json()
+        if os.write(fd, raw) != len(raw):
+            raise OSError(5, f"short write of {meta_path(volume_path)}")
     finally:
         os.close(fd)
 
