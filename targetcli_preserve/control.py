@@ -15,6 +15,7 @@ name as ``kind``. A malformed request never takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -46,7 +47,9 @@ class ControlServer:
             self.path.unlink()  # a stale socket of a dead daemon (the state lock is ours)
         old_umask = os.umask(0o177)  # created 0600: root only (DESIGN.md section 3)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
@@ -63,9 +66,18 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()
-            reply = await self._answer(line)
-            writer.write(json.dumps(reply).encode() + b"\n")
+            try:
+                line = await reader.readline()
+            except ValueError:  # longer than the reader's limit (MAX_REQUEST)
+                reply = _error(ProtocolError("control request too long"))
+            else:
+                reply = await self._answer(line)
+            try:
+                encoded = json.dumps(reply).encode()
+            except (TypeError, ValueError) as err:
+                log.exception("control reply cannot be encoded")
+                encoded = json.dumps(_internal(err)).encode()
+            writer.write(encoded + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -78,15 +90,26 @@ class ControlServer:
             handler = self._handlers.get(request["command"])
             if handler is None:
                 raise UserError(f"unknown command {request['command']!r}")
-            result = await handler(**request.get("args", {}))
+            args = request.get("args", {})
+            try:
+                inspect.signature(handler).bind(**args)
+            except TypeError as err:  # the caller's mistake, not the daemon's
+                raise UserError(f"bad arguments for {request['command']!r}: {err}") from err
+            result = await handler(**args)
         except PreserveError as err:
-            return {"ok": False, "error": str(err), "kind": type(err).__name__}
-        except TypeError as err:  # wrong arguments for the handler
-            return {"ok": False, "error": f"bad arguments: {err}", "kind": "UserError"}
+            return _error(err)
         except Exception as err:  # the boundary: report, keep serving
             log.exception("control request failed")
-            return {"ok": False, "error": f"internal error: {err}", "kind": "InternalError"}
+            return _internal(err)
         return {"ok": True, "result": result}
+
+
+def _error(err: PreserveError) -> dict[str, Any]:
+    return {"ok": False, "error": str(err), "kind": type(err).__name__}
+
+
+def _internal(err: Exception) -> dict[str, Any]:
+    return {"ok": False, "error": f"internal error: {err}", "kind": "InternalError"}
 
 
 def _parse_request(line: bytes) -> dict[str, Any]:
@@ -129,7 +152,7 @@ def call(path: Path, command: str, timeout: float | None = 60.0, **args: Any) ->
     except TimeoutError as err:
         raise BackendError(f"the daemon did not answer {command!r} within {timeout} s") from err
     except OSError as err:  # it died or closed on us mid-request
-        raise BackendError(f"lost the daemon during {command!r}: {err.strerror}") from err
+        raise BackendError(f"lost the daemon during {command!r}: {err.strerror or err}") from err
     finally:
         sock.close()
     if not data:

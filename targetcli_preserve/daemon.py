@@ -337,7 +337,7 @@ def parse_lun(text: str) -> LunSpec:
 
 def parse_portal(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
         raise UserError(f"bad --portal {text!r}: use HOST:PORT, e.g. 127.0.0.1:3260")
     return host.strip("[]"), int(port)
 

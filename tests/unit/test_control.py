@@ -151,8 +151,6 @@ async def test_other_kinds_become_a_generic_preserve_error(server: ControlServer
     assert not isinstance(info.value, (UserError, BackendError))
 
 
-@pytest.mark.xfail(strict=True, reason="control._answer reports any TypeError raised inside a "
-                   "handler as 'bad arguments' (kind UserError), hiding a daemon bug as bad input")
 async def test_a_type_error_inside_a_handler_is_not_blamed_on_the_caller(
         server: ControlServer) -> None:
     reply = await raw_reply(server.path, b'{"command": "typeerror"}\n')
@@ -220,9 +218,6 @@ async def test_an_oversized_line_does_not_stop_the_server(server: ControlServer)
     await assert_still_serving(server.path)
 
 
-@pytest.mark.xfail(strict=True, reason="ControlServer._serve lets StreamReader.readline's "
-                   "ValueError (line over the 64 KiB stream limit) escape: the connection is "
-                   "closed with no answer instead of an ok:false ProtocolError")
 async def test_an_oversized_line_gets_an_error_answer(server: ControlServer) -> None:
     data = await asyncio.to_thread(_send_oversized, server.path)
     reply = json.loads(data)

@@ -113,8 +113,6 @@ def test_parse_portal_refuses(text: str) -> None:
     assert repr(text) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="parse_portal checks the port with str.isdigit(), which "
-                   "accepts digits int() refuses ('\u00b2'): ValueError instead of UserError")
 def test_parse_portal_refuses_a_superscript_port() -> None:
     with pytest.raises(UserError, match="bad --portal"):
         parse_portal("127.0.0.1:\u00b2")
