@@ -451,32 +451,61 @@ def test_partial_io_done_in_any_order() -> None:
 # ---- FLUSH -------------------------------------------------------------------------
 
 
-def test_flush_reaches_every_unfrozen_generation() -> None:
+def test_flush_flushes_its_home_at_once() -> None:
     e = make()
     w, _ = e.submit("a", W, 0, 8)
     preserve(e, ["a"])
     f, actions = e.submit("a", F)
-    assert f.blockers == 0
-    assert starts(actions) == [(1, (0, 1))]
-    assert f.targets == (0, 1)
+    assert f.blockers == 0, "a FLUSH waits for no write"
+    assert starts(actions) == [(1, (1,))]
+    assert completes(e.io_done(f, [1])) == [1]
+    assert states(e) == [(0, DRAINING), (1, LIVE)]
 
 
-def test_flush_during_clone_does_not_wait_for_it() -> None:
+def test_pre_cut_flush_holds_the_drain_like_any_pre_cut_command() -> None:
     e = make()
-    e.cut(["a"])
     f, actions = e.submit("a", F)
     assert starts(actions) == [(0, (0,))]
-    assert completes(e.io_done(f, [0])) == [0]
+    cut, actions = preserve(e, ["a"])
+    assert starts(actions) == [] and freezes(actions) == []
+    actions = e.io_done(f, [0])
+    assert completes(actions) == [0] and freezes(actions) == [("a", 0)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a post-cut FLUSH started on an older generation does not hold "
-    "off that generation's Freeze (inflight counts only by home), so Freeze comes "
-    "while the FLUSH is still running on it",
-)
+def test_post_cut_flush_waits_for_the_clone() -> None:
+    e = make()
+    cut, _ = e.cut(["a"])
+    f, actions = e.submit("a", F)
+    assert actions == [] and f.home == 1, "post-cut: the clone only (rule 5)"
+    e.clone_done(cut, "a")
+    actions = e.commit(cut)
+    assert starts(actions) == [(0, (1,))]
+    assert freezes(actions) == [("a", 0)]
+    assert completes(e.io_done(f, [1])) == [0]
+
+
+def test_post_cut_flush_goes_home_when_the_clone_fails() -> None:
+    e = make()
+    cut, _ = e.cut(["a"])
+    f, _ = e.submit("a", F)
+    actions = e.clone_failed(cut, "a", "EIO")
+    assert starts(actions) == [(0, (0,))] and f.home == 0
+
+
+def test_flush_error_fails_it_and_damages_nothing() -> None:
+    e = make()
+    preserve(e, ["a"])
+    f, _ = e.submit("a", F)
+    actions = e.io_done(f, [1], error="EIO")
+    assert completes(actions) == [0] and f.error == "EIO"
+    assert not any(g.damaged for g in e.generations("a"))
+
+
 @pytest.mark.parametrize("while_cloning", [True, False])
-def test_freeze_waits_for_flush_in_flight(while_cloning: bool) -> None:
+def test_freeze_never_comes_with_io_in_flight_on_it(while_cloning: bool) -> None:
+    """Was a bug: a FLUSH issued after a cut started on the older generation(s) but did
+    not hold off their Freeze (inflight counts by home), so Freeze came while the FLUSH
+    still ran there; an error on it then marked the frozen image damaged."""
     e = make()
     outstanding: set[tuple[int, int]] = set()
 
@@ -484,31 +513,42 @@ def test_freeze_waits_for_flush_in_flight(while_cloning: bool) -> None:
         for a in actions:
             if isinstance(a, Start):
                 outstanding.update((a.cmd.seq, g) for g in a.generations)
+            elif isinstance(a, Complete):
+                assert not {(s, g) for s, g in outstanding if s == a.cmd.seq}
             elif isinstance(a, Freeze):
                 busy = sorted(s for s, g in outstanding if g == a.generation)
                 assert not busy, f"Freeze of generation {a.generation} while {busy} run on it"
 
+    def done(cmd: Command, gens: list[int]) -> None:
+        outstanding.difference_update((cmd.seq, g) for g in gens)
+        run(e.io_done(cmd, gens))
+
     if while_cloning:
-        # cut; FLUSH (post-cut) -> Start(flush, (0,)); commit -> Freeze(a, 0).
         cut, actions = e.cut(["a"])
         f, actions = e.submit("a", F)
         run(actions)
         run(e.clone_done(cut, "a"))
         run(e.commit(cut))
     else:
-        # pre-cut write w in flight; cut + commit; FLUSH -> Start(flush, (0, 1));
-        # w done everywhere -> Freeze(a, 0) with the flush still on generation 0.
         w, actions = e.submit("a", W, 0, 8)
         run(actions)
         _, actions = preserve(e, ["a"])
         run(actions)
         f, actions = e.submit("a", F)
         run(actions)
-        outstanding.discard((0, 0))
-        outstanding.discard((0, 1))
-        run(e.io_done(w, [0, 1]))
-    outstanding.discard((f.seq, 0))
-    run(e.io_done(f, list(f.inflight)))
+        done(w, [0, 1])
+    done(f, sorted(f.inflight))
+    assert f.finished and states(e) == [(0, FROZEN), (1, LIVE)]
+
+
+def test_zero_length_commands_wait_for_nothing() -> None:
+    e = make()
+    w, _ = e.submit("a", W, 0, 10)
+    r, actions = e.submit("a", R, 5, 5)
+    assert r.blockers == 0 and starts(actions) == [(1, (0,))]
+    z, actions = e.submit("a", W, 5, 5)
+    assert z.blockers == 0 and starts(actions) == [(2, (0,))]
+    assert [i.seq for i in e.locks()] == [0], "a zero-length write holds no lock"
 
 
 # ---- queries and configuration -----------------------------------------------------
