@@ -173,3 +173,33 @@ async def test_clone_time_does_not_grow_with_size_on_ext4(tmp_path: Path) -> Non
         assert elapsed < 1.0
     t1, t64 = results[GiB][0], results[64 * GiB][0]
     assert t64 < 5 * t1 + 0.05, (t1, t64)
+
+
+async def test_reflink_clone_issues_no_fsync_and_its_first_flush_makes_it_durable(
+    xfs_tmp: Path, monkeypatch
+) -> None:
+    src = await create_volume(xfs_tmp / "src", 16 * MiB)
+    await src.write(0, b"r" * MiB)
+    synced: list[tuple[str, int]] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def spy(fd: int, _real=real, _name=name) -> None:  # type: ignore[no-untyped-def]
+            synced.append((_name, os.fstat(fd).st_ino))
+            _real(fd)
+
+        monkeypatch.setattr(os, name, spy)
+    clone = await clone_volume(src, xfs_tmp / "c", CloneStrategy.REFLINK)
+    await clone.write(0, b"c")
+    assert synced == []  # the cut and the first write wait for no disk flush
+    await clone.flush()
+    inodes = {os.stat(p).st_ino: p.name for p in (xfs_tmp, xfs_tmp / "c", xfs_tmp / "c.clone.json")}
+    assert sorted(inodes[ino] for _, ino in synced) == sorted(inodes.values())
+    synced.clear()
+    await clone.flush()  # nothing changed
+    assert synced == []
+    await clone.write(1, b"d")
+    await clone.flush()
+    assert synced == [("fdatasync", os.stat(xfs_tmp / "c").st_ino)]
+    await clone.close()
+    await src.close()
