@@ -204,7 +204,7 @@ class EngineModel(RuleBasedStateMachine):
                 assert event == "clone_failed", f"Discard out of a {event}"
                 self.on_discard(action)
             else:  # pragma: no cover
-                raise AssertionError(f"unknown action {action!r}")
+                raise TypeError(f"unknown action {action!r}")
 
     def on_start(self, action: Start) -> None:
         rec = self.by_cmd[id(action.cmd)]
@@ -360,7 +360,7 @@ class EngineModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def report_io(self, data: st.DataObject) -> None:
         i = data.draw(st.integers(0, len(self.performed) - 1), label="done")
-        rec, gen, fail = self.performed[i]
+        rec, _gen, fail = self.performed[i]
         # The driver may report several generations of one command at once.
         same = [j for j, (r, _, f) in enumerate(self.performed) if r is rec and f == fail]
         extra = data.draw(st.sets(st.sampled_from(same)), label="with") if len(same) > 1 else set()

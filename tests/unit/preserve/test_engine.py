@@ -72,11 +72,11 @@ def test_seq_is_one_counter_for_all_luns() -> None:
 
 def test_command_that_waits_for_nothing_starts_at_once() -> None:
     e = make()
-    w, actions = e.submit("a", W, 0, 8)
+    _w, actions = e.submit("a", W, 0, 8)
     assert starts(actions) == [(0, (0,))]
-    r, actions = e.submit("a", R, 8, 16)
+    _r, actions = e.submit("a", R, 8, 16)
     assert starts(actions) == [(1, (0,))]
-    f, actions = e.submit("a", F)
+    _f, actions = e.submit("a", F)
     assert starts(actions) == [(2, (0,))]
 
 
@@ -109,7 +109,7 @@ def test_read_waits_for_earlier_write_and_later_write_never_waits_for_read() -> 
 
 def test_complete_once_after_all_io() -> None:
     e = make()
-    cut, _ = preserve(e, ["a"])
+    _cut, _ = preserve(e, ["a"])
     w, _ = e.submit("a", W, 0, 4)
     actions = e.io_done(w, [1])
     assert completes(actions) == [w.seq] and w.finished
@@ -218,7 +218,7 @@ def test_pre_cut_write_not_yet_started_at_the_cut_goes_to_both() -> None:
     e = make()
     w1, _ = e.submit("a", W, 0, 8)
     w2, _ = e.submit("a", W, 4, 12)  # waits for w1
-    cut, actions = preserve(e, ["a"])
+    _cut, actions = preserve(e, ["a"])
     assert starts(actions) == [(0, (1,))], "w1 replicates, w2 still waits"
     assert e.io_done(w1, [0]) == []
     actions = e.io_done(w1, [1])
@@ -234,7 +234,7 @@ def test_post_cut_commands_wait_for_the_commit() -> None:
     cut, _ = e.cut(["a"])
     p, actions = e.submit("a", W, 0, 4)
     assert actions == [] and p.blockers == 0, "waits for the clone, holds no one up"
-    r, actions = e.submit("a", R, 10, 12)
+    _r, actions = e.submit("a", R, 10, 12)
     assert actions == []
     e.clone_done(cut, "a")
     actions = e.commit(cut)
@@ -245,7 +245,7 @@ def test_post_cut_commands_wait_for_the_commit() -> None:
 def test_post_cut_waits_only_on_overlapping_pre_cut_writes() -> None:
     e = make()
     w, _ = e.submit("a", W, 0, 8)
-    cut, actions = preserve(e, ["a"])
+    _cut, actions = preserve(e, ["a"])
     assert starts(actions) == [(0, (1,))]
     p1, a1 = e.submit("a", W, 4, 12)  # overlaps w
     p2, a2 = e.submit("a", W, 8, 16)  # adjacent to w, overlaps p1
@@ -269,7 +269,7 @@ def test_post_cut_waits_only_on_overlapping_pre_cut_writes() -> None:
 def test_reads_go_to_their_home_only() -> None:
     e = make()
     r0, a0 = e.submit("a", R, 0, 4)
-    cut, _ = preserve(e, ["a"])
+    _cut, _ = preserve(e, ["a"])
     r1, a1 = e.submit("a", R, 0, 4)
     assert starts(a0) == [(0, (0,))]
     assert starts(a1) == [(r1.seq, (1,))]
@@ -286,7 +286,7 @@ def test_drain_freezes_only_after_the_last_pre_cut_command() -> None:
     w1, _ = e.submit("a", W, 0, 4)
     w2, _ = e.submit("a", W, 8, 12)
     r, _ = e.submit("a", R, 20, 24)
-    cut, actions = preserve(e, ["a"])
+    _cut, actions = preserve(e, ["a"])
     post, _ = e.submit("a", W, 30, 31)
     assert freezes(e.io_done(w1, [0, 1])) == []
     assert freezes(e.io_done(r, [0])) == []
@@ -310,7 +310,7 @@ def test_commit_with_nothing_in_flight_freezes_at_once() -> None:
 def test_cut_while_previous_generation_is_draining() -> None:
     e = make()
     w, _ = e.submit("a", W, 0, 8)  # pre-cut of both cuts, in flight throughout
-    cut1, actions = preserve(e, ["a"])
+    _cut1, actions = preserve(e, ["a"])
     assert starts(actions) == [(0, (1,))]
     x, _ = e.submit("a", W, 16, 20)  # between the cuts: home 1
     assert starts(_) == [(1, (1,))]
@@ -337,7 +337,7 @@ def test_pre_cut_write_of_the_first_cut_reaches_every_later_generation() -> None
     w, actions = e.submit("a", W, 0, 8)
     assert starts(actions) == [(0, (0,))]
     for n in range(1, 4):
-        cut, actions = preserve(e, ["a"])
+        _cut, actions = preserve(e, ["a"])
         assert starts(actions) == [(0, (n,))]
         assert e.io_done(w, [n]) == []
         assert not w.finished
@@ -404,7 +404,7 @@ def test_clone_failure_aborts_the_whole_group() -> None:
 def test_failed_replication_fails_the_command_and_damages_the_generation() -> None:
     e = make()
     w, _ = e.submit("a", W, 0, 8)
-    cut, actions = preserve(e, ["a"])
+    _cut, actions = preserve(e, ["a"])
     assert starts(actions) == [(0, (1,))]
     assert e.io_done(w, [1], error="EIO") == []
     assert w.error == "EIO"
@@ -417,8 +417,8 @@ def test_failed_replication_fails_the_command_and_damages_the_generation() -> No
 def test_failed_home_write_fails_the_command_and_starts_nothing_more() -> None:
     e = make()
     w, _ = e.submit("a", W, 0, 8)
-    nxt, _ = e.submit("a", W, 0, 8)
-    cut, _ = e.cut(["a"])
+    _nxt, _ = e.submit("a", W, 0, 8)
+    _cut, _ = e.cut(["a"])
     actions = e.io_done(w, [0], error="EIO")
     assert completes(actions) == [0], "a failed write does not wait for the clone"
     assert w.error == "EIO" and w.done == {0}
@@ -453,7 +453,7 @@ def test_partial_io_done_in_any_order() -> None:
 
 def test_flush_flushes_its_home_at_once() -> None:
     e = make()
-    w, _ = e.submit("a", W, 0, 8)
+    _w, _ = e.submit("a", W, 0, 8)
     preserve(e, ["a"])
     f, actions = e.submit("a", F)
     assert f.blockers == 0, "a FLUSH waits for no write"
@@ -466,7 +466,7 @@ def test_pre_cut_flush_holds_the_drain_like_any_pre_cut_command() -> None:
     e = make()
     f, actions = e.submit("a", F)
     assert starts(actions) == [(0, (0,))]
-    cut, actions = preserve(e, ["a"])
+    _cut, actions = preserve(e, ["a"])
     assert starts(actions) == [] and freezes(actions) == []
     actions = e.io_done(f, [0])
     assert completes(actions) == [0] and freezes(actions) == [("a", 0)]
@@ -543,7 +543,7 @@ def test_freeze_never_comes_with_io_in_flight_on_it(while_cloning: bool) -> None
 
 def test_zero_length_commands_wait_for_nothing() -> None:
     e = make()
-    w, _ = e.submit("a", W, 0, 10)
+    _w, _ = e.submit("a", W, 0, 10)
     r, actions = e.submit("a", R, 5, 5)
     assert r.blockers == 0 and starts(actions) == [(1, (0,))]
     z, actions = e.submit("a", W, 5, 5)
