@@ -334,6 +334,9 @@ class Engine:
     def commit(self, cut: Cut) -> list[Action]:
         """The driver journalled the clones: post-cut commands may run, replication
         into the clone may start, and drained generations freeze."""
+        if cut.state is not CutState.CLONING or cut.pending_clones:
+            raise RuntimeError(f"cut {cut.id} cannot commit: it is {cut.state.value}"
+                               f"{' with clones pending' if cut.pending_clones else ''}")
         cut.state = CutState.COMMITTED
         actions: list[Action] = []
         for name in cut.luns:

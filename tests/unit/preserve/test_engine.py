@@ -581,3 +581,17 @@ def test_commands_are_plain_objects() -> None:
     cmd, _ = e.submit("a", R, 3, 9)
     assert isinstance(cmd, Command)
     assert (cmd.lun, cmd.op, cmd.start, cmd.end, cmd.home) == ("a", R, 3, 9, 0)
+
+
+def test_commit_refuses_an_aborted_or_repeated_cut() -> None:
+    e = make()
+    cut1, _ = e.cut(["a"])
+    e.clone_done(cut1, "a")
+    e.commit(cut1)
+    with pytest.raises(RuntimeError):
+        e.commit(cut1)
+    cut2, _ = e.cut(["a"])
+    e.clone_failed(cut2, "a", "boom")
+    with pytest.raises(RuntimeError):
+        e.commit(cut2)
+    assert [g.state for g in e.generations("a")] == [FROZEN, LIVE]
