@@ -307,12 +307,16 @@ class ChunkBitmap:
         """Stage ``chunks`` and pwrite them to the volatile sidecar. Blocking; call it
         only after the chunks' data was pwritten to the clone (same thread)."""
         with self._lock:
+            if self._vfd < 0:
+                raise OSError(errno.EBADF, f"bitmap {self.volatile_path} is closed")
             lo, hi = self._set_list(self.staged, chunks)
             os.pwrite(self._vfd, bytes(self.staged[lo:hi]), HEADER_SIZE + lo)
 
     def mark_range(self, first: int, end: int) -> None:
         """Stage chunks ``first <= c < end`` (whole bytes at once) and pwrite them."""
         with self._lock:
+            if self._vfd < 0:
+                raise OSError(errno.EBADF, f"bitmap {self.volatile_path} is closed")
             lo, hi = self._set_range(self.staged, first, end)
             os.pwrite(self._vfd, bytes(self.staged[lo:hi]), HEADER_SIZE + lo)
 
@@ -341,6 +345,8 @@ class ChunkBitmap:
         ever go 0 -> 1 (OR), so concurrent flushes cannot lose one. ``sync_file``: fsync
         even if no bit changed (the first flush of a new sidecar: its header)."""
         with self._dlock:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, f"bitmap {self.path} is closed")
             new = _or(self._durable, snapshot)
             diff = int.from_bytes(new, "little") ^ int.from_bytes(self._durable, "little")
             if diff:

@@ -135,9 +135,16 @@ class FileVolume(Volume):
             ) from err
         self._gen += 1
 
+    def _live_fd(self) -> int:
+        """Our descriptor, for a worker thread; EBADF (not ValueError) once closed."""
+        fd = self._fd
+        if fd < 0:
+            raise OSError(errno.EBADF, "the volume is closed")
+        return fd
+
     def _sync_fresh_blocking(self) -> None:
         """First flush of a fresh volume: the file, its clone metadata, its name."""
-        os.fsync(self._fd)
+        os.fsync(self._live_fd())
         if self.strategy is not None:
             sidecar.fsync_file(sidecar.meta_path(self.path))
         sidecar.fsync_dir(self.path.parent)
@@ -146,7 +153,7 @@ class FileVolume(Volume):
         if fresh:
             self._sync_fresh_blocking()
         else:
-            os.fdatasync(self._fd)
+            os.fdatasync(self._live_fd())
 
     def dirty(self) -> bool:
         """True if a flush() would have anything to make durable."""

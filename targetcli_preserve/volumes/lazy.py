@@ -263,9 +263,9 @@ class LazyVolume(FileVolume):
     def _flush_blocking(self, snapshot: bytes, fresh: bool) -> None:
         """Rule 3: data first, then the snapshot's bits to the durable bitmap."""
         if fresh:
-            os.fsync(self._fd)
+            os.fsync(self._live_fd())
         else:
-            os.fdatasync(self._fd)
+            os.fdatasync(self._live_fd())
         self._bitmap.write_durable(snapshot, sync_file=fresh)
         if fresh:
             sidecar.fsync_file(sidecar.meta_path(self.path))

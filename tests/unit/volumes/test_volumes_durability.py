@@ -372,3 +372,16 @@ async def test_hydrator_flushes_in_batches_in_order(lazy_dir: Path, monkeypatch)
     assert (lazy_dir / "c.bitmap").read_bytes()[HEADER_SIZE:] == b"\xff" * 4
     await clone.close()
     await src.close()
+
+
+async def test_flush_of_a_closed_volume_is_a_backend_error(lazy_dir: Path) -> None:
+    src = await make_source(lazy_dir)
+    clone = await clone_volume(src, lazy_dir / "c", chunk_size=CS, background=False)
+    await clone.write(0, b"x")
+    await clone.close()
+    with pytest.raises(BackendError, match="closed"):
+        await clone.flush()
+    await src.write(0, b"y")
+    await src.close()
+    with pytest.raises(BackendError, match="closed"):
+        await src.flush()
