@@ -44,8 +44,13 @@ async def measure(state_dir: Path, size: int, samples: int) -> tuple[list[float]
             cut = daemon.datapath.preserve(["lun0"])  # T taken here
             await store.write(i * 8, 1, block)  # post-cut: waits for the clone only
             latencies.append(time.perf_counter() - t0)
-            await cut
-            await asyncio.sleep(0.01)  # let the drain and freeze finish
+            done = await cut
+            # Each sample starts from a settled LUN, as an administrator's cut would:
+            # the previous preserve durable, its source frozen, the clone hydrated.
+            await daemon.datapath.durable(done)
+            await daemon.datapath.wait_frozen("lun0", done.new_generation["lun0"] - 1)
+            await daemon.datapath.volumes[("lun0", done.new_generation["lun0"])].wait_hydrated()
+            await asyncio.sleep(0.02)
         strategy = daemon.datapath.volumes[("lun0", samples)].strategy.value
         return latencies, strategy
     finally:

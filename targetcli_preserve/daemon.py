@@ -94,6 +94,8 @@ class Daemon:
             raise
         self.engine = engine
         self.datapath = Datapath(engine, catalog, journal, volumes)
+        for spec in cfg.luns:
+            self.datapath.prepare_standby(spec.name)
         self.lun_numbers = {spec.name: number for number, spec in enumerate(cfg.luns)}
         self.target = ScsiTarget({
             number: LogicalUnit(

@@ -28,7 +28,7 @@ from .preserve import (
     Action, Clone, Command, Complete, Cut, Discard, Engine, Freeze, Op,
     Start, VolumeState,
 )
-from .volumes import Volume, clone_volume, remove_volume
+from .volumes import CloneStrategy, Volume, clone_volume, remove_volume
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class Datapath:
         self._durable: dict[str, asyncio.Future] = {}  # LUN -> its newest cut's durability
         self._durable_cuts: dict[int, asyncio.Future] = {}
         self._boot = current_boot()
+        self._standby: dict[str, asyncio.Future] = {}  # LUN -> its next lazy clone
+        self._reflink_luns: set[str] = set()  # LUNs whose filesystem clones in O(1)
 
     def store(self, lun: str) -> LunStore:
         record = self.catalog.luns[lun]
@@ -184,6 +186,8 @@ class Datapath:
                     self.engine.clone_done(cut, name)
                 self._run(self.engine.commit(cut))  # post-cut commands run from here on
                 self._start_durability(cut)
+                for name in cut.luns:
+                    self.prepare_standby(name)
                 return cut
         await self._abort(cut, failure)
         raise BackendError(f"preserve failed, nothing was changed: {cut.error}") from failure
@@ -220,13 +224,66 @@ class Datapath:
             raise BackendError(f"the preserve of {lun} could not be made durable") from task.exception()
 
     async def _clone(self, action: Clone) -> None:
-        source = self.volumes[(action.lun, action.source)]
-        path = self.catalog.volume_path(action.lun, action.new)
-        try:
-            vol = await clone_volume(source, path)
-        except PreserveError as err:
-            raise BackendError(f"{action.lun}: clone failed: {err}") from err
+        """Make generation ``action.new``: the standby lazy clone if one is ready."""
+        vol = await self._take_standby(action.lun, action.source)
+        if vol is None:
+            source = self.volumes[(action.lun, action.source)]
+            path = self.catalog.volume_path(action.lun, action.new)
+            try:
+                vol = await clone_volume(source, path)
+            except PreserveError as err:
+                raise BackendError(f"{action.lun}: clone failed: {err}") from err
+            if vol.strategy is CloneStrategy.REFLINK:
+                self._reflink_luns.add(action.lun)
         self.volumes[(action.lun, action.new)] = vol
+
+    # ---- standby clones ------------------------------------------------------------
+    #
+    # Where no O(1) clone exists (rule 3: a lazy clone), the clone can be made *before*
+    # the cut: a lazy clone that has not started hydrating holds nothing of its own and
+    # reads everything through its source, so until the cut it is the source, exactly.
+    # The cut then only starts its hydration. A standby is never written before the
+    # cut; a crash leaves it as an orphan file that the next start removes.
+    # A reflink, by contrast, is a copy of the moment it is taken: it is made at the cut.
+
+    def prepare_standby(self, lun: str) -> None:
+        """Make the next cut of ``lun`` cheap, in the background."""
+        if lun in self._reflink_luns or lun in self._standby:
+            return
+        self._standby[lun] = asyncio.ensure_future(self._make_standby(lun))
+
+    async def _make_standby(self, lun: str) -> tuple[int, Volume] | None:
+        newest = self.engine.generations(lun)[-1]
+        source = self.volumes[(lun, newest.index)]
+        path = self.catalog.volume_path(lun, newest.index + 1)
+        try:
+            vol = await clone_volume(source, path, background=False)
+        except PreserveError as err:
+            log.warning("no standby clone for %s: %s", lun, err)
+            return None
+        if vol.strategy is CloneStrategy.REFLINK:  # this filesystem clones in O(1)
+            self._reflink_luns.add(lun)
+            await self._drop(vol)
+            return None
+        return newest.index, vol
+
+    async def _take_standby(self, lun: str, source: int) -> Volume | None:
+        task = self._standby.pop(lun, None)
+        if task is None:
+            return None
+        standby = await task
+        if standby is None:
+            return None
+        index, vol = standby
+        if index != source:  # cannot happen while cuts take it, but never guess
+            await self._drop(vol)
+            return None
+        vol.start_hydration()
+        return vol
+
+    async def _drop(self, vol: Volume) -> None:
+        await vol.close()
+        await remove_volume(vol.path)
 
     async def _abort(self, cut: Cut, failure: BaseException) -> None:
         """Roll back every clone of ``cut``; commands that waited for it go home."""
@@ -239,6 +296,8 @@ class Datapath:
                     await vol.close()
                 await remove_volume(self.catalog.volume_path(action.lun, action.generation))
         await self._journal({"op": "abort", "cut": cut.id, "error": cut.error})
+        for name in cut.luns:
+            self.prepare_standby(name)
 
     async def _freeze(self, lun: str, generation: int) -> None:
         vol = self.volumes.get((lun, generation))
@@ -270,6 +329,8 @@ class Datapath:
         """Wait (bounded) for background work, then close every volume."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=10)
+        for lun in list(self._standby):
+            await self._take_standby(lun, -1)  # drops it: no cut will use it
         # Newest first: a lazy clone stops reading through its source before it closes.
         for key in sorted(self.volumes, key=lambda k: k[1], reverse=True):
             await self.volumes[key].close()
