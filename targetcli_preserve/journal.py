@@ -4,8 +4,10 @@ One JSON object per line in ``STATE/journal``. :meth:`Journal.append` returns on
 the record is on stable storage, so whatever the daemon did after an append survives a
 crash together with the record that explains it. :meth:`Journal.write` is the cheap
 half: the record survives a crash of the daemon (the kernel's page cache does) but not
-yet a power loss; :func:`current_boot` lets a restart tell which of the two happened. A torn last line (the daemon died in
-the middle of a write) is ignored on replay: its step never happened.
+yet a power loss; :func:`current_boot` lets a restart tell which of the two happened.
+Every step is fsync'd, the preserve steps in the background (see catalog.py). A torn
+line (the daemon died in the middle of a write) is skipped on replay: that step never
+happened.
 
 The lock table and in-flight commands are never journalled: they only ever protect
 commands that a crash ends anyway.
