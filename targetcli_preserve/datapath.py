@@ -28,9 +28,11 @@ from .preserve import (
     Action, Clone, Command, Complete, Cut, Discard, Engine, Freeze, Op,
     Start, VolumeState,
 )
-from .volumes import CloneStrategy, Volume, clone_volume, remove_volume
+from .volumes import CloneStrategy, LazyVolume, Volume, clone_volume, remove_volume
 
 log = logging.getLogger(__name__)
+
+SETTLE_S = 0.005  # how long a cut's background work lets the first commands go first
 
 
 @dataclass(slots=True)
@@ -186,11 +188,19 @@ class Datapath:
                     self.engine.clone_done(cut, name)
                 self._run(self.engine.commit(cut))  # post-cut commands run from here on
                 self._start_durability(cut)
-                for name in cut.luns:
-                    self.prepare_standby(name)
+                # Background work of the cut (hydration, the next standby) waits a
+                # moment, so the first post-cut commands do not queue behind it.
+                asyncio.get_running_loop().call_later(SETTLE_S, self._after_cut, cut)
                 return cut
         await self._abort(cut, failure)
         raise BackendError(f"preserve failed, nothing was changed: {cut.error}") from failure
+
+    def _after_cut(self, cut: Cut) -> None:
+        for name in cut.luns:
+            vol = self.volumes.get((name, cut.new_generation[name]))
+            if isinstance(vol, LazyVolume):
+                vol.start_hydration()
+            self.prepare_standby(name)
 
     def _start_durability(self, cut: Cut) -> None:
         earlier = {self._durable[n] for n in cut.luns if n in self._durable}
@@ -202,6 +212,7 @@ class Datapath:
     async def _make_durable(self, cut: Cut, earlier: set[asyncio.Future]) -> None:
         """Clones, then ``cut``/``commit``/``durable`` on stable storage. In cut order per
         LUN, so a restart after a power loss never keeps a cut on top of a lost one."""
+        await asyncio.sleep(SETTLE_S)  # let the first post-cut commands go first
         if earlier:
             await asyncio.gather(*earlier)
         await asyncio.gather(*(self.volumes[(n, cut.new_generation[n])].flush() for n in cut.luns))
@@ -230,7 +241,7 @@ class Datapath:
             source = self.volumes[(action.lun, action.source)]
             path = self.catalog.volume_path(action.lun, action.new)
             try:
-                vol = await clone_volume(source, path)
+                vol = await clone_volume(source, path, background=False)
             except PreserveError as err:
                 raise BackendError(f"{action.lun}: clone failed: {err}") from err
             if vol.strategy is CloneStrategy.REFLINK:
@@ -278,7 +289,6 @@ class Datapath:
         if index != source:  # cannot happen while cuts take it, but never guess
             await self._drop(vol)
             return None
-        vol.start_hydration()
         return vol
 
     async def _drop(self, vol: Volume) -> None:
@@ -300,6 +310,7 @@ class Datapath:
             self.prepare_standby(name)
 
     async def _freeze(self, lun: str, generation: int) -> None:
+        await asyncio.sleep(SETTLE_S)  # nothing reaches it any more: no hurry
         vol = self.volumes.get((lun, generation))
         if vol is not None:
             await vol.flush()
