@@ -6,11 +6,11 @@ I/O on volumes, clones, journal records, freezes. Everything runs on one asyncio
 so an engine call is atomic with respect to every other (that is what makes the cut
 atomic with command intake, DESIGN.md rule 2); blocking syscalls run on threads.
 
-Order of a preserve (rules 3 and 9): the ``cut`` journal record and the clones are made
-concurrently; only when both are done is ``commit`` journalled and the engine told, and
-only then do post-cut commands run. A crash before ``commit`` rolls the cut back (a
-clone file without a ``cut`` record is an orphan and is removed at start); a crash after
-it keeps the clone live.
+Order of a preserve (rules 2, 3 and 9), with no fsync on the way: take T in the engine;
+write the ``cut`` record (page cache); make the clones (or take the standby lazy clone
+prepared before the cut); write ``commit``; tell the engine, and post-cut commands run.
+Then, in the background: flush the clones, fsync ``durable``; SYNCHRONIZE CACHE and FUA
+writes wait for that. catalog.py says what a restart keeps of each state.
 """
 
 from __future__ import annotations
