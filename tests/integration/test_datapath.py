@@ -1,0 +1,117 @@
+"""The data path with real volumes and journal, driven in-process through LunStore.
+
+The engine's rules are proven against a model in tests/property; these check that the
+driver carries them out on real files: replication of a pre-cut write into the clone,
+a post-cut write never reaching the preserved volume, a lock released when write data
+never comes, durability before SYNCHRONIZE CACHE completes, a failed clone with no
+effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from targetcli_preserve._errors import BackendError, ProtocolError
+from targetcli_preserve.daemon import Config, Daemon, LunSpec
+from targetcli_preserve.journal import Journal
+
+BS = 512
+SIZE = 8 << 20
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    daemon = Daemon(Config(tmp_path / "state", "127.0.0.1", 0,
+                           [LunSpec("lun0", SIZE), LunSpec("lun1", SIZE)]))
+    await daemon.start()
+    yield daemon
+    await daemon.stop()
+
+
+def block(byte: int, n: int = 8) -> bytes:
+    return bytes([byte]) * n * BS
+
+
+async def test_pre_cut_write_in_flight_reaches_both_volumes(daemon):
+    dp = daemon.datapath
+    store = dp.store("lun0")
+    data = asyncio.get_running_loop().create_future()
+    pre = store.write(0, 8, data)  # issued before the cut, its data still arriving
+    cut = dp.preserve(["lun0"])
+    post_other = store.write(64, 8, block(0x22))  # post-cut, elsewhere: runs at once
+    post_same = store.write(0, 8, block(0x33))  # post-cut, overlapping: waits for pre
+    await cut
+    await asyncio.wait_for(post_other, 5)
+    assert not post_same.done(), "an overlapping post-cut write ran before the pre-cut one"
+    data.set_result(block(0x11))
+    await asyncio.wait_for(asyncio.gather(pre, post_same), 5)
+    await dp.wait_frozen("lun0", 0)
+    frozen = Path(dp.catalog.volume_path("lun0", 0)).read_bytes()
+    assert frozen[:8 * BS] == block(0x11), "the pre-cut write is in the preserved image"
+    assert frozen[64 * BS:72 * BS] == bytes(8 * BS), "no post-cut write reached it"
+    live = await store.read(0, 72)
+    assert live[:8 * BS] == block(0x33) and live[64 * BS:] == block(0x22)
+
+
+async def test_write_whose_data_never_comes_releases_its_lock(daemon):
+    store = daemon.datapath.store("lun0")
+    data = asyncio.get_running_loop().create_future()
+    write = store.write(0, 8, data)
+    read = store.read(0, 8)
+    assert [lock["state"] for lock in await daemon.cmd_locks()] == ["held"]
+    data.set_exception(ProtocolError("connection lost"))
+    with pytest.raises(BackendError):
+        await write
+    assert await asyncio.wait_for(read, 5) == bytes(8 * BS)
+    assert await daemon.cmd_locks() == []
+
+
+async def test_one_cut_over_two_luns_shares_t(daemon):
+    dp = daemon.datapath
+    await dp.store("lun0").write(0, 8, block(1))
+    await dp.store("lun1").write(0, 8, block(2))
+    cut = await dp.preserve(["lun0", "lun1"])
+    after = [dp.store(n).write(0, 8, block(9)) for n in ("lun0", "lun1")]
+    await asyncio.gather(*after)
+    for name, byte in (("lun0", 1), ("lun1", 2)):
+        await dp.wait_frozen(name, 0)
+        assert Path(dp.catalog.volume_path(name, 0)).read_bytes()[:8 * BS] == block(byte)
+        assert [g.cut_seq for g in dp.engine.generations(name)] == [0, cut.seq]
+
+
+async def test_synchronize_cache_waits_for_the_cut_to_be_durable(daemon):
+    dp = daemon.datapath
+    store = dp.store("lun0")
+    cut = await dp.preserve(["lun0"])
+    await store.write(0, 8, block(5))
+    await store.flush()
+    records = Journal.read(dp.catalog.state_dir / "journal")
+    assert {"op": "durable", "cut": cut.id} in records, "SYNCHRONIZE CACHE came back first"
+
+
+async def test_failed_clone_has_no_effect_on_io(daemon, monkeypatch):
+    dp = daemon.datapath
+    store = dp.store("lun0")
+    await store.write(0, 8, block(7))
+    standby = dp._standby.pop("lun0", None)  # force a clone at the cut, then break it
+    if standby is not None:
+        made = await standby
+        if made is not None:
+            await dp._drop(made[1])
+
+    async def broken(*args, **kwargs):
+        raise BackendError("no space left on the device")
+
+    monkeypatch.setattr("targetcli_preserve.datapath.clone_volume", broken)
+    cut = dp.preserve(["lun0"])
+    post = store.write(8, 8, block(8))  # post-cut: waits for the clone, then goes home
+    with pytest.raises(BackendError, match="nothing was changed"):
+        await cut
+    await asyncio.wait_for(post, 5)
+    assert [g.index for g in dp.engine.generations("lun0")] == [0]
+    assert (await store.read(0, 16)) == block(7) + block(8)
+    ops = [r["op"] for r in Journal.read(dp.catalog.state_dir / "journal")]
+    assert ops[-2:] == ["cut", "abort"]
