@@ -71,6 +71,52 @@ def next_data(fd: int, offset: int, size: int) -> int:
         raise
 
 
+#: data_extents() merges extents closer than this (a tiny hole is cheaper to read than
+#: two more lseeks) and stops splitting after this many (the rest is one extent).
+EXTENT_GAP = 16 * 1024
+MAX_EXTENTS = 64
+
+
+def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """``(begin, end)`` ranges within ``[start, end)`` that may hold data; a superset.
+
+    SEEK_DATA/SEEK_HOLE, so a copy reads only the data: reading a hole is not free
+    (the kernel fills the page cache with zero pages: ~0.6 ms per MiB on ext4, against
+    ~45 us for cached data). Holes outside the list read as zeros. Without hole
+    information the whole range is one extent."""
+    out: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        try:
+            begin = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:
+                break
+            if err.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                begin = pos
+            else:
+                raise
+        if begin >= end:
+            break
+        if len(out) >= MAX_EXTENTS:
+            stop = end
+        else:
+            try:
+                stop = min(os.lseek(fd, begin, os.SEEK_HOLE), end)
+            except OSError as err:
+                if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENXIO):
+                    raise
+                stop = end
+            if stop <= begin:  # never loop: treat the rest as data
+                stop = end
+        if out and begin - out[-1][1] < EXTENT_GAP:
+            out[-1] = (out[-1][0], stop)
+        else:
+            out.append((begin, stop))
+        pos = stop
+    return out
+
+
 class FileVolume(Volume):
     """A volume backed by one regular file."""
 
@@ -177,6 +223,11 @@ class FileVolume(Volume):
     def _next_data_blocking(self, offset: int) -> int:
         """First offset >= ``offset`` whose content may be non-zero, for worker threads."""
         return next_data(self._fd, offset, self.size)
+
+    def _data_extents_blocking(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Ranges in ``[start, end)`` whose content may be non-zero (a superset), for
+        worker threads; everything else reads as zeros."""
+        return data_extents(self._fd, start, end)
 
     def _check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:

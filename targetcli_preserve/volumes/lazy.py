@@ -6,7 +6,9 @@ the chunk's content is in the clone's own file; a clear bit means "read the sour
 which may itself be a lazy clone (chains are allowed). A background hydrator copies
 the remaining chunks, one at a time and behind foreground I/O, skipping chunks that
 are holes in the source (SEEK_DATA, recursively down the chain) so a sparse source
-gives a sparse clone.
+gives a sparse clone. Within a chunk only the source's data extents are read
+(SEEK_DATA/SEEK_HOLE, down the chain): reading a hole fills the page cache with zero
+pages, which made the first write to a mostly empty 1 MiB chunk cost ~0.6 ms.
 
 Why the result is right while the source is still being written. The engine
 replicates every pre-cut write to both the source and the clone (rule 4), so a source
@@ -57,11 +59,22 @@ from targetcli_preserve.volumes import sidecar
 from targetcli_preserve.volumes._executor import EXECUTOR
 from targetcli_preserve.volumes.base import CloneStrategy
 from targetcli_preserve.volumes.bitmap import ChunkBitmap
-from targetcli_preserve.volumes.file import FileVolume, next_data, pread_exact, pwrite_all
+from targetcli_preserve.volumes.file import (
+    FileVolume,
+    data_extents,
+    next_data,
+    pread_exact,
+    pwrite_all,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 1 << 20
+#: The first write to a chunk copies the rest of it (rule 1), on the latency path of the
+#: first post-cut write. Measured on ext4 (page cache, 2-core VM), for a chunk full of
+#: data: 1 MiB ~430 us, 256 KiB ~130 us, 64 KiB ~70 us; background hydration of dense
+#: data ~900, ~550, ~210 MiB/s; bitmap of a 64 GiB volume 8, 32, 128 KiB. Sparse data
+#: costs what its extents hold, whatever the chunk size (``_copy_sparse_blocking``).
+DEFAULT_CHUNK_SIZE = 256 * 1024
 #: The hydrator waits up to this long (in 0.5 ms steps) for foreground I/O to go idle
 #: before copying its next chunk anyway: low priority, never starved.
 _YIELD_STEPS = 20
@@ -208,6 +221,19 @@ class LazyVolume(FileVolume):
         # source's. The minimum is conservative (it may name a chunk of zeros).
         return min(own, self._source._next_data_blocking(offset))
 
+    def _data_extents_blocking(self, start: int, end: int) -> list[tuple[int, int]]:
+        if self._complete:
+            return data_extents(self._fd, start, end)
+        # Hydrated chunks: our own file's extents; the others: the source's (their
+        # content is the source's, whatever stray bytes our file may hold there).
+        out: list[tuple[int, int]] = []
+        for hydrated, s, n in self._runs(start, end - start):
+            if hydrated:
+                out += data_extents(self._fd, s, s + n)
+            else:
+                out += self._source._data_extents_blocking(s, s + n)
+        return out
+
     def _source_has_data(self, start: int, end: int) -> bool:
         return self._source._next_data_blocking(start) < end
 
@@ -215,28 +241,46 @@ class LazyVolume(FileVolume):
         """Bytes in our file where the bit is clear: left by a lost bit (rule 4)."""
         return next_data(self._fd, start, self.size) < end
 
-    def _copy_blocking(self, start: int, length: int, exact: bool) -> int:
-        """Copy source bytes into our file; returns the bytes written.
+    def _copy_exact_blocking(self, start: int, end: int) -> int:
+        """Copy source bytes over our file's stray bytes, zeros included (rule 4)."""
+        if not self._source_has_data(start, end):
+            pwrite_all(self._fd, bytes(end - start), start)
+        else:
+            pwrite_all(self._fd, self._source._read_blocking(start, end - start), start)
+        return end - start
 
-        Holes and zeros are skipped (the clone stays sparse) unless ``exact``: then our
-        file already holds stray bytes there, and zeros are written over them."""
-        if not self._source_has_data(start, start + length):
-            if not exact:
-                return 0
-            pwrite_all(self._fd, bytes(length), start)
-            return length
-        data = self._source._read_blocking(start, length)
-        if exact:
-            pwrite_all(self._fd, data, start)
-            return length
-        if data == bytes(length):
-            return 0
-        return length if _write_nonzero(self._fd, data, start) else 0
+    def _copy_sparse_blocking(self, extents: list[tuple[int, int]], start: int, end: int) -> int:
+        """Copy the source's data ``extents`` clipped to ``[start, end)`` into our file,
+        which is a hole there; zero pieces are skipped. Returns the bytes written.
+
+        Only the extents are read: a hole of the source is never read (module
+        docstring of ``file.py``: reading a hole costs more than reading data)."""
+        copied = 0
+        for e_begin, e_end in extents:
+            s, e = max(e_begin, start), min(e_end, end)
+            if s >= e:
+                continue
+            data = self._source._read_blocking(s, e - s)
+            if _write_nonzero(self._fd, data, s):
+                copied += e - s
+        return copied
+
+    def _copy_chunk_parts_blocking(self, c: int, parts: list[tuple[int, int]]) -> int:
+        """Copy the ``parts`` (ranges inside chunk ``c``) of the source into our file.
+
+        If our file holds stray bytes in the chunk (rule 4) the parts are copied
+        exactly; else only the source's data, skipping holes and zero pieces."""
+        cstart, cend = c * self._cs, self._chunk_end(c)
+        if self._own_has_data(cstart, cend):
+            return sum(self._copy_exact_blocking(s, e) for s, e in parts)
+        extents = self._source._data_extents_blocking(cstart, cend)
+        if not extents:
+            return 0  # old content is zeros and our file is a hole: nothing to copy
+        return sum(self._copy_sparse_blocking(extents, s, e) for s, e in parts)
 
     def _hydrate_chunk_blocking(self, c: int) -> int:
         """Copy chunk ``c``, then pwrite its bit to the volatile bitmap (rule 2)."""
-        start, end = c * self._cs, self._chunk_end(c)
-        copied = self._copy_blocking(start, end - start, self._own_has_data(start, end))
+        copied = self._copy_chunk_parts_blocking(c, [(c * self._cs, self._chunk_end(c))])
         self._bitmap.mark([c])
         return copied
 
@@ -246,13 +290,13 @@ class LazyVolume(FileVolume):
         end = offset + len(data)
         for c in chunks:
             cstart, cend = c * self._cs, self._chunk_end(c)
-            exact = self._own_has_data(cstart, cend)
-            if not exact and not self._source_has_data(cstart, cend):
-                continue  # old content is zeros and our file is a hole: nothing to copy
+            parts = []
             if cstart < offset:
-                self._copy_blocking(cstart, offset - cstart, exact)
+                parts.append((cstart, offset))
             if end < cend:
-                self._copy_blocking(end, cend - end, exact)
+                parts.append((end, cend))
+            if parts:
+                self._copy_chunk_parts_blocking(c, parts)
         pwrite_all(self._fd, data, offset)
         self._bitmap.mark(chunks)
 

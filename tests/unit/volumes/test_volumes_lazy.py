@@ -256,7 +256,7 @@ async def test_background_hydration_completes_and_skips_holes(lazy_dir: Path) ->
     src = await create_volume(lazy_dir / "src", 64 * MiB)
     await src.write(3 * MiB + 7, b"x" * 5000)
     await src.write(40 * MiB, os.urandom(MiB))
-    clone = await clone_volume(src, lazy_dir / "c")  # 1 MiB chunks, background on
+    clone = await clone_volume(src, lazy_dir / "c")  # default chunks, background on
     try:
         await asyncio.wait_for(clone.wait_hydrated(), 30)
         assert clone.hydration_progress() == 1.0
