@@ -28,7 +28,7 @@ from .preserve import (
     Action, Clone, Command, Complete, Cut, Discard, Engine, Freeze, Op,
     Start, VolumeState,
 )
-from .volumes import CloneStrategy, LazyVolume, Volume, clone_volume, remove_volume
+from .volumes import LazyVolume, Volume, clone_volume, remove_volume
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Datapath:
         self._durable_cuts: dict[int, asyncio.Future] = {}
         self._boot = current_boot()
         self._standby: dict[str, asyncio.Future] = {}  # LUN -> its next lazy clone
-        self._reflink_luns: set[str] = set()  # LUNs whose filesystem clones in O(1)
+        self._full_clone_luns: set[str] = set()  # LUNs whose clones are full copies
 
     def store(self, lun: str) -> LunStore:
         record = self.catalog.luns[lun]
@@ -244,22 +244,22 @@ class Datapath:
                 vol = await clone_volume(source, path, background=False)
             except PreserveError as err:
                 raise BackendError(f"{action.lun}: clone failed: {err}") from err
-            if vol.strategy is CloneStrategy.REFLINK:
-                self._reflink_luns.add(action.lun)
+            if not isinstance(vol, LazyVolume):
+                self._full_clone_luns.add(action.lun)
         self.volumes[(action.lun, action.new)] = vol
 
     # ---- standby clones ------------------------------------------------------------
     #
-    # Where no O(1) clone exists (rule 3: a lazy clone), the clone can be made *before*
-    # the cut: a lazy clone that has not started hydrating holds nothing of its own and
-    # reads everything through its source, so until the cut it is the source, exactly.
-    # The cut then only starts its hydration. A standby is never written before the
-    # cut; a crash leaves it as an orphan file that the next start removes.
-    # A reflink, by contrast, is a copy of the moment it is taken: it is made at the cut.
+    # A lazy clone (rule 3; its hydration copies or reflinks chunks) can be made
+    # *before* the cut: while it has not started hydrating it holds nothing of its own
+    # and reads everything through its source, so until the cut it is the source,
+    # exactly. The cut then only starts its hydration. A standby is never written
+    # before the cut; a crash leaves it as an orphan file that the next start removes.
+    # A full clone, by contrast, is a copy of the moment it is taken: made at the cut.
 
     def prepare_standby(self, lun: str) -> None:
         """Make the next cut of ``lun`` cheap, in the background."""
-        if lun in self._reflink_luns or lun in self._standby:
+        if lun in self._full_clone_luns or lun in self._standby:
             return
         self._standby[lun] = asyncio.ensure_future(self._make_standby(lun))
 
@@ -272,8 +272,8 @@ class Datapath:
         except PreserveError as err:
             log.warning("no standby clone for %s: %s", lun, err)
             return None
-        if vol.strategy is CloneStrategy.REFLINK:  # this filesystem clones in O(1)
-            self._reflink_luns.add(lun)
+        if not isinstance(vol, LazyVolume):  # a full copy of *now*: useless after a cut
+            self._full_clone_luns.add(lun)
             await self._drop(vol)
             return None
         return newest.index, vol
