@@ -4,11 +4,11 @@ Public API (async, for one event loop; blocking syscalls run on a shared executo
 
     vol = await create_volume(path, size)
     vol = await open_volume(path)                   # resumes a lazy clone's hydration
-    clone = await clone_volume(vol, dest, strategy=None)   # REFLINK if possible else LAZY
+    clone = await clone_volume(vol, dest, strategy=None)   # lazy; REFLINK if possible
     await remove_volume(path)                       # data file and sidecars; idempotent
 
 Modules: ``base`` (Volume, CloneStrategy), ``file`` (plain file volumes), ``lazy`` (lazy
-clones), ``bitmap`` (their chunk bitmap), ``reflink`` (FICLONE), ``sidecar`` (file names
+clones), ``bitmap`` (their chunk bitmap), ``reflink`` (FICLONERANGE), ``sidecar`` (file names
 and clone metadata), ``api`` (the functions above), ``_executor`` (the thread pool).
 """
 

@@ -16,10 +16,13 @@ Whatever a failed call made is removed before the error is raised; ``remove_volu
 deletes ``P`` and every sidecar, and is what the engine's journal uses to roll back a
 clone whose preserve never finished (rule 9).
 
-Clone strategy (rule 3): automatic mode tries FICLONE and falls back to a lazy clone
-when the filesystem cannot reflink. Both are O(1) in the volume size: no data is
-copied at the cut; the lazy clone's only size-dependent state is its bitmap, one bit
-per chunk, created as a hole.
+Clone strategy (rule 3): every clone is a lazy clone (``lazy.py``), made in O(1): a
+hole of the source's size, a bitmap of one bit per chunk (a hole too) and a small
+JSON; no data is copied or shared at the cut. Automatic mode picks REFLINK when the
+destination can share the source's blocks (``reflink.probe``: a zero-length
+FICLONERANGE, ~15 us) and LAZY otherwise; the two differ only in how a chunk is
+hydrated: FICLONERANGE (shared blocks, no data moved) or a copy. A whole-file FICLONE
+at the cut is never used: its cost grows with the source's extents and dirty pages.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from targetcli_preserve.volumes.base import CloneStrategy, Volume
 from targetcli_preserve.volumes.bitmap import ChunkBitmap
 from targetcli_preserve.volumes.file import FileVolume
 from targetcli_preserve.volumes.lazy import DEFAULT_CHUNK_SIZE, LazyVolume, readers_of
-from targetcli_preserve.volumes.reflink import ReflinkUnsupported, reflink
+from targetcli_preserve.volumes.reflink import ReflinkUnsupported, probe
 
 _OPEN_FLAGS = os.O_CLOEXEC
 
@@ -138,9 +141,8 @@ def _cleanup_unpublished(path: Path) -> None:
 @dataclass
 class _Made:
     fd: int
-    strategy: CloneStrategy
     meta: sidecar.CloneMeta
-    bitmap: ChunkBitmap | None = None
+    bitmap: ChunkBitmap
 
 
 def _clone_blocking(
@@ -148,28 +150,20 @@ def _clone_blocking(
 ) -> _Made:
     fd = _new_partial(dest, 0)
     try:
+        kind = CloneStrategy.LAZY
         if strategy in (None, CloneStrategy.REFLINK):
-            if isinstance(source, LazyVolume) and source.source is not None:
+            try:
+                probe(fd, source._fd)  # O(1): shares nothing (reflink.py)
+                kind = CloneStrategy.REFLINK
+            except ReflinkUnsupported as err:
                 if strategy is CloneStrategy.REFLINK:
                     raise BackendError(
-                        f"cannot reflink {source.path}: it is a lazy clone still hydrating"
-                    )
-            else:
-                try:
-                    reflink(fd, source._fd)
-                except ReflinkUnsupported as err:
-                    if strategy is CloneStrategy.REFLINK:
-                        raise BackendError(
-                            f"reflink clone of {source.path} to {dest} is not possible: "
-                            f"the filesystem does not support FICLONE "
-                            f"({os.strerror(err.errno or 0)}); use the lazy strategy"
-                        ) from err
-                else:
-                    meta = sidecar.CloneMeta(CloneStrategy.REFLINK, source.path, source.size)
-                    sidecar.write_meta_new(dest, meta)
-                    _publish(dest, fd, durable=False)
-                    return _Made(fd, CloneStrategy.REFLINK, meta)
-        # Lazy: O(1) -- a hole of the right size, two hole-backed bitmaps, a small JSON.
+                        f"reflink clone of {source.path} to {dest} is not possible: "
+                        f"the filesystem does not support FICLONERANGE "
+                        f"({os.strerror(err.errno or 0)}); use the lazy strategy"
+                    ) from err
+        # O(1): a hole of the right size, two hole-backed bitmaps, a small JSON. No
+        # data is copied or shared yet (a REFLINK clone shares chunks as it hydrates).
         # No fsync: the first flush() makes them durable (module docstring).
         os.ftruncate(fd, source.size)
         nchunks = -(-source.size // chunk_size)
@@ -177,13 +171,13 @@ def _clone_blocking(
             sidecar.bitmap_path(dest), sidecar.volatile_bitmap_path(dest), nchunks
         )
         try:
-            meta = sidecar.CloneMeta(CloneStrategy.LAZY, source.path, source.size, chunk_size)
+            meta = sidecar.CloneMeta(kind, source.path, source.size, chunk_size)
             sidecar.write_meta_new(dest, meta)
             _publish(dest, fd, durable=False)
         except BaseException:
             bitmap.close()
             raise
-        return _Made(fd, CloneStrategy.LAZY, meta, bitmap)
+        return _Made(fd, meta, bitmap)
     except BaseException:
         os.close(fd)
         raise
@@ -199,10 +193,13 @@ async def clone_volume(
 ) -> Volume:
     """Clone ``source`` to a new volume at ``dest`` in O(1) time (DESIGN.md rule 3).
 
-    ``strategy`` None picks REFLINK when FICLONE works for this source and filesystem,
-    else LAZY. A lazy clone reads through ``source``, which must stay open until the
-    clone is hydrated (``wait_hydrated``) or closed; ``background=False`` leaves
-    hydration to ``hydrate_step``/``wait_hydrated`` (tests).
+    Returns a LazyVolume. ``strategy`` None picks REFLINK when the destination can
+    share ``source``'s blocks (same reflink-capable filesystem), else LAZY; an explicit
+    REFLINK where that is impossible is a BackendError. The clone reads through
+    ``source``, which must stay open until the clone is hydrated (``wait_hydrated``)
+    or closed; ``background=False`` leaves hydration to ``start_hydration``,
+    ``hydrate_step`` or ``wait_hydrated`` (a standby clone made before the cut: until
+    it hydrates anything it is exactly its source).
 
     Nothing is fsynced: the clone is durable after its first ``flush()``."""
     dest = Path(dest).absolute()
@@ -222,9 +219,6 @@ async def clone_volume(
     except OSError as err:
         await _run(_cleanup_unpublished, dest)
         raise _os_error(f"clone {source.path} to", dest, err) from err
-    if made.strategy is CloneStrategy.REFLINK:
-        return FileVolume(dest, made.fd, source.size, strategy=CloneStrategy.REFLINK)
-    assert made.bitmap is not None
     vol = LazyVolume(dest, made.fd, source=source, bitmap=made.bitmap, meta=made.meta)
     if background:
         vol.start_hydration()
@@ -243,7 +237,7 @@ def _open_blocking(path: Path, read_only: bool) -> tuple[int, int, sidecar.Clone
                     f"{path} has a chunk bitmap ({other.name}) but no clone metadata "
                     f"({sidecar.meta_path(path).name}): an incomplete lazy clone"
                 )
-    lazy = meta is not None and meta.strategy is CloneStrategy.LAZY and not meta.hydrated
+    lazy = meta is not None and meta.chunk_size is not None and not meta.hydrated
     # A lazy clone keeps a writable fd even when read-only: its hydrator writes it.
     flags = os.O_RDONLY if read_only and not lazy else os.O_RDWR
     fd = os.open(path, flags | _OPEN_FLAGS)
@@ -266,7 +260,7 @@ async def _open(
         if err.errno == errno.ENOENT:
             raise UserError(f"open volume {path}: no such volume") from err
         raise _os_error("open volume", path, err) from err
-    if meta is None or meta.strategy is not CloneStrategy.LAZY or meta.hydrated:
+    if meta is None or meta.chunk_size is None or meta.hydrated:
         strategy = meta.strategy if meta is not None else None
         return FileVolume(path, fd, size, read_only=read_only, strategy=strategy)
     owned: tuple[FileVolume, ...] = ()

@@ -16,8 +16,9 @@ from pathlib import Path
 class CloneStrategy(enum.Enum):
     """How a clone was made (DESIGN.md rule 3)."""
 
-    REFLINK = "reflink"  # FICLONE: the filesystem shares extents, O(1) at the cut
-    LAZY = "lazy"  # empty sparse file + chunk bitmap, reads through, hydrates behind
+    # Both: empty sparse file + chunk bitmap, reads through its source, hydrates behind.
+    REFLINK = "reflink"  # hydrates by sharing blocks (FICLONERANGE): no copy, no space
+    LAZY = "lazy"  # hydrates by copying (no reflink on this filesystem)
 
 
 class Volume(abc.ABC):

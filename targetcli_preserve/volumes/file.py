@@ -144,6 +144,7 @@ class FileVolume(Volume):
         self._synced_gen = 0
         #: True until a flush() made the file, its sidecars and its name durable.
         self._fresh = fresh
+        self._dev: int | None = None
 
     # ---- raw file access (no bounds or frozen checks; used by subclasses too) ----
 
@@ -228,6 +229,19 @@ class FileVolume(Volume):
         """Ranges in ``[start, end)`` whose content may be non-zero (a superset), for
         worker threads; everything else reads as zeros."""
         return data_extents(self._fd, start, end)
+
+    def _holders_blocking(self, start: int, end: int) -> list[tuple[FileVolume, int, int]]:
+        """``(volume, begin, end)`` pieces of ``[start, end)`` with the volume whose own
+        file holds that content (a lazy clone's reflink hydration shares its blocks),
+        for worker threads. A plain file holds all of its content."""
+        return [(self, start, end)]
+
+    def _dev_blocking(self) -> int:
+        """st_dev of our file (cached), for worker threads."""
+        dev = self._dev
+        if dev is None:
+            dev = self._dev = os.fstat(self._live_fd()).st_dev
+        return dev
 
     def _check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:

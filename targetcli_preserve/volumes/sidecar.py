@@ -5,7 +5,9 @@ For a volume at ``P``:
 - ``P``             the data file (sparse);
 - ``P.clone.json``  clone metadata (strategy, source path, chunk size, hydrated flag),
                     present only for clones; it is what lets ``open_volume`` rebuild a
-                    lazy clone's source chain after a restart;
+                    lazy clone's source chain after a restart. Every clone has a chunk
+                    size; a REFLINK one without (made by whole-file FICLONE before
+                    reflink clones became lazy) opens as a plain file volume;
 - ``P.bitmap``      the *durable* chunk bitmap of a lazy clone: written and fdatasynced
                     only by flush(), after the clone's data (``bitmap.py``);
 - ``P.bitmap.volatile``  the *volatile* chunk bitmap: pwritten as soon as a chunk is
@@ -68,8 +70,8 @@ class CloneMeta:
     strategy: CloneStrategy
     source: Path
     size: int
-    chunk_size: int | None = None  # lazy only
-    hydrated: bool = False  # lazy only: True once it no longer needs its source
+    chunk_size: int | None = None  # None only for an old whole-file FICLONE clone
+    hydrated: bool = False  # True once it no longer needs its source
 
     def to_json(self) -> bytes:
         doc = {

@@ -1,11 +1,12 @@
-"""An XFS filesystem with reflink, on a loop image, for the reflink clone tests.
+"""XFS filesystems on loop images, for the reflink clone tests.
 
 Needs root, mkfs.xfs and mount with loop support; skips with the reason otherwise.
-The filesystem is always unmounted and its loop device detached in teardown.
+Each filesystem is always unmounted and its loop device detached in teardown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,8 +21,8 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def xfs_dir() -> Iterator[Path]:
+@contextlib.contextmanager
+def _xfs(size: str, reflink: bool) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount an XFS loop image")
     for tool in ("mkfs.xfs", "mount", "umount", "losetup"):
@@ -32,10 +33,11 @@ def xfs_dir() -> Iterator[Path]:
     mnt.mkdir()
     mounted = False
     try:
-        _run("truncate", "-s", "2G", str(img)).check_returncode()
-        made = _run("mkfs.xfs", "-q", "-m", "reflink=1", str(img))
+        _run("truncate", "-s", size, str(img)).check_returncode()
+        flag = f"reflink={int(reflink)}"
+        made = _run("mkfs.xfs", "-q", "-m", flag, str(img))
         if made.returncode != 0:
-            pytest.skip(f"mkfs.xfs -m reflink=1 failed: {made.stderr.strip()}")
+            pytest.skip(f"mkfs.xfs -m {flag} failed: {made.stderr.strip()}")
         mount = _run("mount", "-o", "loop", str(img), str(mnt))
         if mount.returncode != 0:
             pytest.skip(f"cannot mount an XFS loop image: {mount.stderr.strip()}")
@@ -51,9 +53,23 @@ def xfs_dir() -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def xfs_dir() -> Iterator[Path]:
+    """An XFS filesystem made with ``-m reflink=1``."""
+    with _xfs("2G", reflink=True) as mnt:
+        yield mnt
+
+
+@pytest.fixture
+def xfs_noreflink_dir() -> Iterator[Path]:
+    """An XFS filesystem made with ``-m reflink=0``: no block sharing."""
+    with _xfs("512M", reflink=False) as mnt:
+        yield mnt
+
+
 @pytest.fixture
 def xfs_tmp(xfs_dir: Path, request) -> Iterator[Path]:
-    """A fresh directory on the XFS filesystem for one test."""
+    """A fresh directory on the reflink XFS filesystem for one test."""
     d = xfs_dir / request.node.name.replace("[", "_").replace("]", "")
     d.mkdir()
     yield d

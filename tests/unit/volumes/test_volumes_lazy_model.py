@@ -21,6 +21,7 @@ must read as before; the others may read as at that flush, as now, or as the sou
 (the model adopts them).
 With ``background`` the real hydrator task runs alongside (no crashes then).
 Optionally the source is itself a lazy clone (a chain) that hydrates on its own.
+``tests/system/volumes`` runs the same scenario with REFLINK clones on XFS.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from targetcli_preserve._errors import BackendError
-from targetcli_preserve.volumes import LazyVolume, clone_volume, create_volume, open_volume
+from targetcli_preserve.volumes import (
+    CloneStrategy,
+    LazyVolume,
+    clone_volume,
+    create_volume,
+    open_volume,
+)
 from targetcli_preserve.volumes import bitmap as bitmap_mod
 
 CS = 4096
@@ -138,7 +145,11 @@ def non_overlapping(ops: list[tuple]) -> list[tuple]:
     return kept
 
 
-async def scenario(d: Path, disk: Disk, init, chain: bool, background: bool, plan) -> None:
+async def scenario(
+    d: Path, disk: Disk, init, chain: bool, background: bool, plan, strategy=None
+) -> None:
+    """``strategy``: for both clones; None is the automatic choice, which must be LAZY
+    here (these tests run on a filesystem without reflink)."""
     base = await create_volume(d / "base", SIZE)
     src_model = bytearray(SIZE)
     for (off, n), byte in init:
@@ -146,9 +157,10 @@ async def scenario(d: Path, disk: Disk, init, chain: bool, background: bool, pla
         src_model[off : off + n] = bytes([byte]) * n
     source = base
     if chain:
-        source = await clone_volume(base, d / "mid", chunk_size=2 * CS, background=False)
-    clone = await clone_volume(source, d / "clone", chunk_size=CS, background=background)
+        source = await clone_volume(base, d / "mid", strategy, chunk_size=2 * CS, background=False)
+    clone = await clone_volume(source, d / "clone", strategy, chunk_size=CS, background=background)
     assert isinstance(clone, LazyVolume)
+    assert clone.strategy is (strategy or CloneStrategy.LAZY)
     clone_model = bytearray(src_model)
 
     async def run(op: tuple) -> None:
@@ -182,6 +194,7 @@ async def scenario(d: Path, disk: Disk, init, chain: bool, background: bool, pla
                 continue  # a live hydrator thread would outlive the "crash"
             dead = clone
             clone = await open_volume(d / "clone", source=source, background=False)
+            assert clone.strategy is (strategy or CloneStrategy.LAZY)
             os.close(dead._fd)  # what the kernel does when the process dies
             dead._bitmap.close()
             continue
@@ -203,6 +216,7 @@ async def scenario(d: Path, disk: Disk, init, chain: bool, background: bool, pla
             clone._bitmap.close()
             disk.lose_power(bitmap_written_back=step[2])
             clone = await open_volume(d / "clone", source=source, background=False)
+            assert clone.strategy is (strategy or CloneStrategy.LAZY)
             got = await clone.read(0, SIZE)
             for c in range(-(-SIZE // CS)):
                 lo, hi = c * CS, min(SIZE, (c + 1) * CS)
