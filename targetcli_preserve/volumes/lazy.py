@@ -365,13 +365,16 @@ class LazyVolume(FileVolume):
             return False
         return True
 
+    def _block_size(self) -> int:
+        if not self._blk:
+            self._blk = block_size(self._live_fd())
+        return self._blk
+
     def _share_blocking(self, start: int, end: int, foreground: bool) -> list[tuple[int, int]]:
         """Make ``[start, end)`` of our file share the blocks that hold the source's
         content there; returns the ranges left to copy (edges not aligned to the
         filesystem block, holders that cannot share, failures)."""
-        blk = self._blk
-        if not blk:
-            blk = self._blk = block_size(self._live_fd())
+        blk = self._block_size()
         a, b = -(-start // blk) * blk, end // blk * blk
         if a >= b:
             return [(start, end)]
@@ -405,6 +408,8 @@ class LazyVolume(FileVolume):
 
         REFLINK: share all of ``[start, end)`` (a FICLONERANGE result is exact, holes
         and stray bytes included), then copy, within ``parts``, what was not shared."""
+        if start >= end:
+            return 0
         done = end - start
         for s, e in self._share_blocking(start, end, foreground):
             done -= e - s
@@ -434,8 +439,14 @@ class LazyVolume(FileVolume):
         return done
 
     def _hydrate_and_write_blocking(self, chunks: list[int], offset: int, data: bytes) -> None:
-        """Copy the parts of ``chunks`` outside the write, write, then pwrite the bits
-        to the volatile bitmap (rules 1 and 2). No fdatasync (rule 3)."""
+        """Fill the parts of ``chunks`` outside the write, write, then pwrite the bits
+        to the volatile bitmap (rules 1 and 2). No fdatasync (rule 3).
+
+        REFLINK: the blocks the write touches are copied (their bytes outside the
+        write), the rest of the chunk shared. Sharing them too would make the write
+        copy-on-write them at once, and a partly written shared block is first read
+        from the disk (measured on XFS: 512-byte first write ~135 us in the worker
+        against ~70 us for a whole 4 KiB block)."""
         end = offset + len(data)
         for c in chunks:
             cstart, cend = c * self._cs, self._chunk_end(c)
@@ -447,7 +458,13 @@ class LazyVolume(FileVolume):
             if not parts:
                 pass
             elif self._share:
-                self._fill_blocking(cstart, cend, parts, foreground=True)
+                blk = self._block_size()
+                lo, hi = max(cstart, offset // blk * blk), min(cend, -(-end // blk) * blk)
+                self._fill_blocking(cstart, lo, parts, foreground=True)
+                self._fill_blocking(hi, cend, parts, foreground=True)
+                for ps, pe in parts:
+                    if max(lo, ps) < min(hi, pe):
+                        self._copy_piece_blocking(max(lo, ps), min(hi, pe))
             else:
                 self._copy_chunk_parts_blocking(c, parts)
         pwrite_all(self._fd, data, offset)

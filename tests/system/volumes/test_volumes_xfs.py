@@ -141,10 +141,11 @@ async def test_automatic_mode_picks_a_reflink_lazy_clone_on_xfs(xfs_tmp: Path, m
         assert after["wchar"] - before["wchar"] < 16 * 1024
         assert clone.hydration_progress() == 0.0 and clone.source is src
         assert await clone.read(MiB, 4 * MiB) == payload
-        # The first write to a data chunk shares that whole chunk, then writes over it.
+        # The first write to a data chunk shares the chunk but for the block it
+        # writes (copied, then written over: no copy-on-write read of a shared block).
         cs = DEFAULT_CHUNK_SIZE
         await clone.write(MiB + 100, b"clone")
-        assert ioctls.shared() == [(MiB, cs)]
+        assert ioctls.shared() == [(MiB + 4096, cs - 4096)]
         assert await src.read(MiB + 100, 5) == payload[100:105]  # copy-on-write
         assert await clone.read(MiB, cs) == payload[:100] + b"clone" + payload[105:cs]
         assert sorted(os.listdir(xfs_tmp)) == [
@@ -329,8 +330,8 @@ async def test_reflink_clone_issues_no_fsync_and_its_first_flush_makes_it_durabl
         monkeypatch.setattr(os, name, spy)
     clone = await clone_volume(src, xfs_tmp / "c", CloneStrategy.REFLINK, background=False)
     ioctls = IoctlSpy(monkeypatch)
-    await clone.write(0, b"c")  # shares chunk 0, then writes
-    assert ioctls.shared() == [(0, DEFAULT_CHUNK_SIZE)]
+    await clone.write(0, b"c")  # shares chunk 0 but its first block, then writes
+    assert ioctls.shared() == [(4096, DEFAULT_CHUNK_SIZE - 4096)]
     assert synced == []  # the cut and the first write wait for no disk flush
     await clone.flush()
     names = ("", "c", "c.clone.json", "c.bitmap")
@@ -409,7 +410,7 @@ async def test_chain_of_reflink_clones_shares_from_whoever_holds_the_data(
     await top.write(10, b"T")  # top chunk 0 = mid chunk 0 (base's) + mid chunk 1 (mid's)
     expect[10] = ord("T")
     calls = ioctls.take()
-    assert [(c[2], c[3], c[4]) for c in calls] == [(base._fd, 0, cs), (mid._fd, cs, cs)]
+    assert [(c[2], c[3], c[4]) for c in calls] == [(base._fd, 4096, cs - 4096), (mid._fd, cs, cs)]
     free = free_bytes(xfs_tmp)
     await top.wait_hydrated()  # mid is still not hydrated: top shares base's blocks
     assert mid.hydration_progress() < 1.0
@@ -519,6 +520,31 @@ async def test_ranges_not_aligned_to_the_block_are_copied(
     await src.close()
 
 
+async def test_chain_whose_hydrated_chunks_are_not_block_aligned(
+    xfs_tmp: Path, monkeypatch
+) -> None:
+    """The middle clone's chunks (5 KiB) do not start on a 4 KiB block: the top clone
+    shares the aligned middle of each holder's piece and copies its edges."""
+    size = 64 * 1024
+    base = await create_volume(xfs_tmp / "base", size)
+    data = bytearray(os.urandom(size))
+    await base.write(0, bytes(data))
+    mid = await clone_volume(base, xfs_tmp / "mid", chunk_size=5120, background=False)
+    for c in range(1, 5):  # mid holds chunks 1-4: [5120, 25600)
+        await mid.write(c * 5120 + 7, b"M")
+        data[c * 5120 + 7] = ord("M")
+    top = await clone_volume(mid, xfs_tmp / "top", chunk_size=size, background=False)
+    ioctls = IoctlSpy(monkeypatch)
+    await top.wait_hydrated()
+    calls = [(c[2], c[3], c[4]) for c in ioctls.take()]
+    # base [0, 5120) -> [0, 4096); mid [5120, 25600) -> [8192, 24576); base the rest
+    assert calls == [(base._fd, 0, 4096), (mid._fd, 8192, 16384), (base._fd, 28672, size - 28672)]
+    assert await top.read(0, size) == bytes(data)
+    assert (xfs_tmp / "top").read_bytes() == bytes(data)
+    for v in (top, mid, base):
+        await v.close()
+
+
 async def test_a_failing_ficlonerange_falls_back_to_a_copy(
     xfs_tmp: Path, monkeypatch, caplog
 ) -> None:
@@ -562,8 +588,8 @@ async def test_first_write_copies_a_dirty_source_range_and_the_hydrator_shares_i
     await src.flush()
     clone = await clone_volume(src, xfs_tmp / "c", background=False)
     ioctls = IoctlSpy(monkeypatch)
-    await clone.write(far, b"x")  # clean: shared
-    assert ioctls.shared() == [(far, cs)]
+    await clone.write(far, b"x")  # clean: shared (but the block written)
+    assert ioctls.shared() == [(far + 4096, cs - 4096)]
     await src.write(2 * far + 8192, b"dirty")  # a pre-cut write still in the cache...
     await clone.write(2 * far + 8192, b"dirty")  # ...and its replica: copied, not shared
     assert ioctls.shared() == []
@@ -584,7 +610,7 @@ _model_ioctls = {"shared": 0}
 
 
 @settings(
-    max_examples=120,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
@@ -592,8 +618,17 @@ _model_ioctls = {"shared": 0}
         HealthCheck.function_scoped_fixture,
     ],
 )
-@given(init=model.initial, chain=st.booleans(), background=st.booleans(), plan=model.steps)
-def test_reflink_clone_matches_the_model(xfs_dir: Path, init, chain, background, plan) -> None:
+@given(
+    init=model.initial,
+    chain=st.booleans(),
+    background=st.booleans(),
+    plan=model.steps,
+    # one block (4 KiB) per chunk; several (a first write shares the blocks it does
+    # not touch); one and a half, and less than one (edges copied; with a chain the
+    # middle clone's hydrated chunks do not start on a block either)
+    cs=st.sampled_from([model.CS, 2 * model.CS, 3 * model.CS, 6144, 2560]),
+)
+def test_reflink_clone_matches_the_model(xfs_dir: Path, init, chain, background, plan, cs) -> None:
     real = lazy_mod.clone_range
     failures: list[OSError] = []
 
@@ -612,7 +647,9 @@ def test_reflink_clone_matches_the_model(xfs_dir: Path, init, chain, background,
             patch.start()
         try:
             asyncio.run(
-                model.scenario(Path(d), disk, init, chain, background, plan, CloneStrategy.REFLINK)
+                model.scenario(
+                    Path(d), disk, init, chain, background, plan, CloneStrategy.REFLINK, cs
+                )
             )
         finally:
             for patch in patches:

@@ -120,8 +120,8 @@ class Disk:
         self.boot = uuid.uuid4().bytes
 
 
-def chunks_of(off: int, n: int) -> set[int]:
-    return set(range(off // CS, (off + n - 1) // CS + 1))
+def chunks_of(off: int, n: int, cs: int = CS) -> set[int]:
+    return set(range(off // cs, (off + n - 1) // cs + 1))
 
 
 initial = st.lists(st.tuples(ranges, st.integers(1, 255)), max_size=4)
@@ -146,10 +146,11 @@ def non_overlapping(ops: list[tuple]) -> list[tuple]:
 
 
 async def scenario(
-    d: Path, disk: Disk, init, chain: bool, background: bool, plan, strategy=None
+    d: Path, disk: Disk, init, chain: bool, background: bool, plan, strategy=None, cs: int = CS
 ) -> None:
     """``strategy``: for both clones; None is the automatic choice, which must be LAZY
-    here (these tests run on a filesystem without reflink)."""
+    here (these tests run on a filesystem without reflink). ``cs``: the clone's chunk
+    size (the chain's middle clone has twice that)."""
     base = await create_volume(d / "base", SIZE)
     src_model = bytearray(SIZE)
     for (off, n), byte in init:
@@ -157,8 +158,8 @@ async def scenario(
         src_model[off : off + n] = bytes([byte]) * n
     source = base
     if chain:
-        source = await clone_volume(base, d / "mid", strategy, chunk_size=2 * CS, background=False)
-    clone = await clone_volume(source, d / "clone", strategy, chunk_size=CS, background=background)
+        source = await clone_volume(base, d / "mid", strategy, chunk_size=2 * cs, background=False)
+    clone = await clone_volume(source, d / "clone", strategy, chunk_size=cs, background=background)
     assert isinstance(clone, LazyVolume)
     assert clone.strategy is (strategy or CloneStrategy.LAZY)
     clone_model = bytearray(src_model)
@@ -218,8 +219,8 @@ async def scenario(
             clone = await open_volume(d / "clone", source=source, background=False)
             assert clone.strategy is (strategy or CloneStrategy.LAZY)
             got = await clone.read(0, SIZE)
-            for c in range(-(-SIZE // CS)):
-                lo, hi = c * CS, min(SIZE, (c + 1) * CS)
+            for c in range(-(-SIZE // cs)):
+                lo, hi = c * cs, min(SIZE, (c + 1) * cs)
                 if c in ambiguous:
                     continue  # written while the last flush ran: it may or may not cover it
                 if c not in touched:
@@ -241,12 +242,12 @@ async def scenario(
             at_flush, touched, ambiguous = before, set(), set()
             for op in ops:
                 if op[0] == "write":
-                    ambiguous |= chunks_of(op[2], op[3])
+                    ambiguous |= chunks_of(op[2], op[3], cs)
         for op in ops:  # the model applies the batch's writes (disjoint: order-free)
             if op[0] == "write":
                 _, kind, off, n, byte, _ = op
                 clone_model[off : off + n] = bytes([byte]) * n
-                touched |= chunks_of(off, n)
+                touched |= chunks_of(off, n, cs)
                 if kind == "pre":
                     src_model[off : off + n] = bytes([byte]) * n
         assert await clone.read(0, SIZE) == bytes(clone_model)
