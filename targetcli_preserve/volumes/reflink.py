@@ -57,7 +57,10 @@ def clone_range(dst_fd: int, src_fd: int, offset: int, length: int, dst_offset: 
 _SYNC_RANGE_FLAGS = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
 try:
     _libc = ctypes.CDLL(None, use_errno=True)  # CDLL: the GIL is released during calls
-    _libc.syscall.restype = ctypes.c_long
+    # cachestat only looks at the page cache, never waits: keep the GIL (PyDLL), saving
+    # a hand-off with the event loop on the latency path of a first write.
+    _syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
+    _syscall_gil.restype = ctypes.c_long
     _sync_file_range = _libc.sync_file_range
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     _sync_file_range.restype = ctypes.c_int
@@ -95,7 +98,7 @@ def has_dirty_pages(fd: int, offset: int, length: int) -> bool | None:
     if not _cachestat_works or length <= 0:
         return None
     rng, out = _Range(offset, length), _Cachestat()
-    if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(out), 0) != 0:
+    if _syscall_gil(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(out), 0) != 0:
         if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
             _cachestat_works = False  # old kernel, or a seccomp filter
         return None

@@ -141,11 +141,10 @@ async def test_automatic_mode_picks_a_reflink_lazy_clone_on_xfs(xfs_tmp: Path, m
         assert after["wchar"] - before["wchar"] < 16 * 1024
         assert clone.hydration_progress() == 0.0 and clone.source is src
         assert await clone.read(MiB, 4 * MiB) == payload
-        # The first write to a data chunk shares the chunk but for the block it
-        # writes (copied, then written over: no copy-on-write read of a shared block).
+        # The first write to a data chunk shares the whole chunk, then writes over it.
         cs = DEFAULT_CHUNK_SIZE
         await clone.write(MiB + 100, b"clone")
-        assert ioctls.shared() == [(MiB + 4096, cs - 4096)]
+        assert ioctls.shared() == [(MiB, cs)]
         assert await src.read(MiB + 100, 5) == payload[100:105]  # copy-on-write
         assert await clone.read(MiB, cs) == payload[:100] + b"clone" + payload[105:cs]
         assert sorted(os.listdir(xfs_tmp)) == [
@@ -330,8 +329,8 @@ async def test_reflink_clone_issues_no_fsync_and_its_first_flush_makes_it_durabl
         monkeypatch.setattr(os, name, spy)
     clone = await clone_volume(src, xfs_tmp / "c", CloneStrategy.REFLINK, background=False)
     ioctls = IoctlSpy(monkeypatch)
-    await clone.write(0, b"c")  # shares chunk 0 but its first block, then writes
-    assert ioctls.shared() == [(4096, DEFAULT_CHUNK_SIZE - 4096)]
+    await clone.write(0, b"c")  # shares chunk 0, then writes
+    assert ioctls.shared() == [(0, DEFAULT_CHUNK_SIZE)]
     assert synced == []  # the cut and the first write wait for no disk flush
     await clone.flush()
     names = ("", "c", "c.clone.json", "c.bitmap")
@@ -410,7 +409,7 @@ async def test_chain_of_reflink_clones_shares_from_whoever_holds_the_data(
     await top.write(10, b"T")  # top chunk 0 = mid chunk 0 (base's) + mid chunk 1 (mid's)
     expect[10] = ord("T")
     calls = ioctls.take()
-    assert [(c[2], c[3], c[4]) for c in calls] == [(base._fd, 4096, cs - 4096), (mid._fd, cs, cs)]
+    assert [(c[2], c[3], c[4]) for c in calls] == [(base._fd, 0, cs), (mid._fd, cs, cs)]
     free = free_bytes(xfs_tmp)
     await top.wait_hydrated()  # mid is still not hydrated: top shares base's blocks
     assert mid.hydration_progress() < 1.0
@@ -545,6 +544,42 @@ async def test_chain_whose_hydrated_chunks_are_not_block_aligned(
         await v.close()
 
 
+async def test_a_first_write_is_widened_to_whole_blocks_only_within_its_own_chunks(
+    xfs_tmp: Path, monkeypatch
+) -> None:
+    """A partial-block first write is written as whole blocks (the source's bytes
+    around it), so copy-on-write never reads a shared block back; never into a chunk
+    that is already hydrated (its bytes are the clone's own, not the source's)."""
+    cs = 6144  # chunk 1 starts inside block 1
+    size = 8 * cs
+    src = await create_volume(xfs_tmp / "src", size)
+    data = bytearray(os.urandom(size))
+    await src.write(0, bytes(data))
+    await src.flush()
+    clone = await clone_volume(src, xfs_tmp / "c", chunk_size=cs, background=False)
+    written: list[tuple[int, int]] = []
+    real = lazy_mod.pwrite_all
+
+    def spy(fd: int, buf: bytes, off: int) -> None:
+        if fd == clone._fd:
+            written.append((off, len(buf)))
+        real(fd, buf, off)
+
+    monkeypatch.setattr(lazy_mod, "pwrite_all", spy)
+    await clone.write(4200, b"A" * 100)  # chunk 0: block 1 = [4096, 8192) is split
+    data[4200:4300] = b"A" * 100
+    assert written == [(4096, 6144 - 4096)]  # widened to the end of chunk 0 only
+    written.clear()
+    await clone.write(5000, b"B" * 2000)  # chunk 0 (hydrated) and chunk 1 (not)
+    data[5000:7000] = b"B" * 2000
+    assert written == [(5000, 8192 - 5000)]  # widened at the tail only
+    assert await clone.read(0, size) == bytes(data)
+    await clone.wait_hydrated()
+    assert (xfs_tmp / "c").read_bytes() == bytes(data)
+    await clone.close()
+    await src.close()
+
+
 async def test_a_failing_ficlonerange_falls_back_to_a_copy(
     xfs_tmp: Path, monkeypatch, caplog
 ) -> None:
@@ -588,8 +623,8 @@ async def test_first_write_copies_a_dirty_source_range_and_the_hydrator_shares_i
     await src.flush()
     clone = await clone_volume(src, xfs_tmp / "c", background=False)
     ioctls = IoctlSpy(monkeypatch)
-    await clone.write(far, b"x")  # clean: shared (but the block written)
-    assert ioctls.shared() == [(far + 4096, cs - 4096)]
+    await clone.write(far, b"x")  # clean: shared
+    assert ioctls.shared() == [(far, cs)]
     await src.write(2 * far + 8192, b"dirty")  # a pre-cut write still in the cache...
     await clone.write(2 * far + 8192, b"dirty")  # ...and its replica: copied, not shared
     assert ioctls.shared() == []
