@@ -24,7 +24,9 @@ How a chunk is filled depends on the strategy:
   range with dirty pages in the holder: the kernel would write those back to disk
   before sharing them, while a copy comes from the page cache. The hydrator instead
   writes them back first, holding no lock, then shares up to ``SHARE_BATCH_BYTES`` of
-  consecutive chunks per FICLONERANGE. Durability is the same as for copied data: the
+  consecutive chunks per FICLONERANGE. A first write shares its chunk, then writes
+  whole blocks (its data plus the source's bytes around it): copy-on-write of a
+  partly written shared block would read it back from the disk first. Durability is the same as for copied data: the
   fdatasync of the clone's file in flush() makes its shared extents durable (XFS logs
   the remap in the inode) before the bits reach the durable bitmap (rule 3 below).
 
