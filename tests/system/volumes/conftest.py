@@ -44,8 +44,10 @@ def _xfs(size: str, reflink: bool) -> Iterator[Path]:
         mounted = True
         yield mnt
     finally:
-        if mounted:
-            _run("umount", str(mnt))
+        if mounted and _run("umount", str(mnt)).returncode != 0:
+            # Busy: a failed test left a descriptor open. Detach it now; the kernel
+            # frees it (and, with autoclear, its loop device) when the last one closes.
+            _run("umount", "-l", str(mnt))
         # mount -o loop sets autoclear; detach explicitly in case it did not.
         attached = _run("losetup", "-j", str(img)).stdout
         for line in attached.splitlines():
