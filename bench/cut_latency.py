@@ -100,6 +100,11 @@ def main() -> None:
     lines = [
         f"Cut latency, preserve to first post-cut write acknowledged ({args.samples} samples)",
         "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, kernel "
+        f"{os.uname().release}, by `bench/cut_latency.py`: the daemon's stack in one process, "
+        "a settled LUN with 256 x 64 KiB of scattered data; lazy on the machine's ext4, "
+        "reflink on an XFS loop image. Goal: under 1 ms, 64/1 ratio under 1.5.",
+        "",
         "| clone | LUN size | median | p90 | max |",
         "| --- | --- | --- | --- | --- |",
     ]
