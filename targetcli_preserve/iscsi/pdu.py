@@ -5,16 +5,18 @@ Owns the byte layout of every PDU and nothing else: no sockets, no session state
 byte chunks and returns whole PDUs, enforcing the negotiated MaxRecvDataSegmentLength
 and the optional CRC32C HeaderDigest/DataDigest (RFC 7143 sections 11.2.1, 13.1).
 
-Field names are the RFC's in snake_case. Every BHS is read with one precompiled
-``struct.Struct`` (the "word" layout below) and dispatched on the opcode: the hot path
-(SCSI Command, Data-Out in; Data-In, SCSI Response, R2T out) stays one unpack/pack.
+Field names are the RFC's in snake_case. Each PDU class declares its BHS layout in one
+table (``_BHS``) from which a precompiled ``struct.Struct`` and a straight-line pack and
+unpack function are generated at import; decoding dispatches on the opcode, so the hot
+path (SCSI Command, Data-Out in; Data-In, SCSI Response, R2T out) is one unpack/pack.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import crc32c as _crc32c
@@ -26,11 +28,6 @@ RESERVED_TAG = 0xFFFFFFFF  # RFC 7143 11.2.1.8: the reserved Initiator/Target Tr
 
 _crc = _crc32c.crc32c
 
-# The generic BHS layout: opcode byte, three flag/opcode-specific bytes, TotalAHSLength
-# plus DataSegmentLength as one word, the 8-byte LUN (or ISID/TSIH), then eight words.
-_WORDS = struct.Struct(">BBBBIQIIIIIIII")
-# SCSI Command (11.3): same start, then EDTL, CmdSN, ExpStatSN and the 16-byte CDB.
-_CMD = struct.Struct(">BBBBIQIIII16s")
 _DIGEST = struct.Struct("<I")  # CRC32C travels least significant byte first (RFC 7143 13.1)
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
@@ -205,14 +202,64 @@ def field_to_lun(field: int) -> int:
     return -1
 
 
+# --------------------------------------------------------------------------- BHS layouts
+# Each PDU class declares its BHS in ``_BHS``: {byte offset: slot}, the offsets being
+# those of the RFC figures: 0-3 single bytes, 8 the 8-byte LUN (or ISID/TSIH), 16-44
+# the 4-byte words. Byte 0 always carries OPCODE (and the I bit where a ``_flag`` says
+# so); offset 4 (TotalAHSLength, DataSegmentLength) is filled by ``encode_bhs``. A slot
+# is a field name (the whole slot), a constant, a ``_Bytes``, or a tuple OR-ing
+# constants with sub-fields: ``_flag`` (one bit, a bool), ``_bits`` (masked to its
+# width when encoded) and ``_part`` (a 8- to 48-bit part of a slot, such as ISID/TSIH or
+# CID, encoded unmasked). Reserved bits and bytes are written as 0 and ignored when read. ``_compile`` turns each table into one struct.Struct per direction and a
+# straight-line pack/unpack function, once, at import: a PDU is one pack or one unpack.
+
+
+@dataclass(frozen=True, slots=True)
+class _Bits:
+    name: str
+    shift: int
+    width: int
+    clip: bool  # mask the value to ``width`` bits when encoding
+
+
+@dataclass(frozen=True, slots=True)
+class _Bytes:
+    name: str
+    size: int
+
+
+def _flag(name: str, bit: int) -> _Bits:
+    return _Bits(name, bit, 1, False)
+
+
+def _bits(name: str, shift: int, width: int) -> _Bits:
+    return _Bits(name, shift, width, True)
+
+
+def _part(name: str, shift: int, width: int) -> _Bits:
+    return _Bits(name, shift, width, False)
+
+
+# T, C, CSG, NSG: byte 1 of Login Request and Response (RFC 7143 11.12.1-11.12.3).
+_LOGIN_FLAGS = (_flag("transit", 7), _flag("cont", 6), _bits("csg", 2, 2), _bits("nsg", 0, 2))
+
+
 # --------------------------------------------------------------------------- PDUs
-# Each class: OPCODE; fields in RFC order; ``ahs``/``data`` last. ``_words`` gives the
-# generic-layout tuple without byte 0's opcode and without the length word.
+# Each class: OPCODE; fields in RFC order; ``ahs``/``data`` last; ``_BHS`` its layout.
 
 
 @dataclass(slots=True)
 class NopOut:
     OPCODE: ClassVar[Opcode] = Opcode.NOP_OUT
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.18
+        0: _flag("immediate", 6),
+        1: 0x80,
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "target_transfer_tag",
+        24: "cmd_sn",
+        28: "exp_stat_sn",
+    }
     immediate: bool = True
     lun: int = 0
     initiator_task_tag: int = RESERVED_TAG
@@ -222,30 +269,19 @@ class NopOut:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            0x80,
-            0,
-            0,
-            self.lun,
-            self.initiator_task_tag,
-            self.target_transfer_tag,
-            self.cmd_sn,
-            self.exp_stat_sn,
-            0,
-            0,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(i, w[5], w[6], w[7], w[8], w[9])
-
 
 @dataclass(slots=True)
 class NopIn:
     OPCODE: ClassVar[Opcode] = Opcode.NOP_IN
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.19
+        1: 0x80,
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "target_transfer_tag",
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+    }
     lun: int = 0
     initiator_task_tag: int = RESERVED_TAG
     target_transfer_tag: int = RESERVED_TAG
@@ -255,30 +291,20 @@ class NopIn:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            0x80,
-            0,
-            0,
-            self.lun,
-            self.initiator_task_tag,
-            self.target_transfer_tag,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            0,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(w[5], w[6], w[7], w[8], w[9], w[10])
-
 
 @dataclass(slots=True)
 class ScsiCommand:
     OPCODE: ClassVar[Opcode] = Opcode.SCSI_COMMAND
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.3
+        0: _flag("immediate", 6),
+        1: (_flag("final", 7), _flag("read", 6), _flag("write", 5), _bits("attr", 0, 3)),
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "expected_data_transfer_length",
+        24: "cmd_sn",
+        28: "exp_stat_sn",
+        32: _Bytes("cdb", 16),  # 11.3.5: shorter CDBs are zero-padded, longer cut
+    }
     immediate: bool = False
     final: bool = True
     read: bool = False
@@ -297,6 +323,25 @@ class ScsiCommand:
 @dataclass(slots=True)
 class ScsiResponsePdu:
     OPCODE: ClassVar[Opcode] = Opcode.SCSI_RESPONSE
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.4
+        1: (
+            0x80,
+            _flag("bidi_overflow", 4),
+            _flag("bidi_underflow", 3),
+            _flag("overflow", 2),
+            _flag("underflow", 1),
+        ),
+        2: "response",
+        3: "status",
+        16: "initiator_task_tag",
+        20: "snack_tag",
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+        36: "exp_data_sn",
+        40: "bidirectional_read_residual_count",
+        44: "residual_count",
+    }
     bidi_overflow: bool = False  # o
     bidi_underflow: bool = False  # u
     overflow: bool = False  # O
@@ -314,53 +359,21 @@ class ScsiResponsePdu:
     ahs: bytes = b""
     data: bytes = b""  # SenseLength (2 bytes) + sense data, when there is sense
 
-    def _words(self):
-        b1 = (
-            0x80
-            | self.bidi_overflow << 4
-            | self.bidi_underflow << 3
-            | self.overflow << 2
-            | self.underflow << 1
-        )
-        return (
-            b1,
-            self.response,
-            self.status,
-            0,
-            self.initiator_task_tag,
-            self.snack_tag,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            self.exp_data_sn,
-            self.bidirectional_read_residual_count,
-            self.residual_count,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        b1 = w[1]
-        return cls(
-            bool(b1 & 0x10),
-            bool(b1 & 0x08),
-            bool(b1 & 0x04),
-            bool(b1 & 0x02),
-            w[2],
-            w[3],
-            w[6],
-            w[7],
-            w[8],
-            w[9],
-            w[10],
-            w[11],
-            w[12],
-            w[13],
-        )
-
 
 @dataclass(slots=True)
 class TaskManagementRequest:
     OPCODE: ClassVar[Opcode] = Opcode.TASK_MGMT_REQUEST
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.5
+        0: _flag("immediate", 6),
+        1: (0x80, _bits("function", 0, 7)),
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "referenced_task_tag",
+        24: "cmd_sn",
+        28: "exp_stat_sn",
+        32: "ref_cmd_sn",
+        36: "exp_data_sn",
+    }
     immediate: bool = True
     function: int = TmfFunction.ABORT_TASK
     lun: int = 0
@@ -373,30 +386,18 @@ class TaskManagementRequest:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            0x80 | (self.function & 0x7F),
-            0,
-            0,
-            self.lun,
-            self.initiator_task_tag,
-            self.referenced_task_tag,
-            self.cmd_sn,
-            self.exp_stat_sn,
-            self.ref_cmd_sn,
-            self.exp_data_sn,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(i, w[1] & 0x7F, w[5], w[6], w[7], w[8], w[9], w[10], w[11])
-
 
 @dataclass(slots=True)
 class TaskManagementResponse:
     OPCODE: ClassVar[Opcode] = Opcode.TASK_MGMT_RESPONSE
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.6
+        1: 0x80,
+        2: "response",
+        16: "initiator_task_tag",
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+    }
     response: int = TmfResponse.FUNCTION_COMPLETE
     initiator_task_tag: int = 0
     stat_sn: int = 0
@@ -405,34 +406,21 @@ class TaskManagementResponse:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            0x80,
-            self.response,
-            0,
-            0,
-            self.initiator_task_tag,
-            0,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            0,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(w[2], w[6], w[8], w[9], w[10])
-
-
-def _login_flags(transit: bool, cont: bool, csg: int, nsg: int) -> int:
-    return transit << 7 | cont << 6 | (csg & 3) << 2 | (nsg & 3)
-
 
 @dataclass(slots=True)
 class LoginRequest:
     OPCODE: ClassVar[Opcode] = Opcode.LOGIN_REQUEST
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.12
+        0: _flag("immediate", 6),
+        1: _LOGIN_FLAGS,
+        2: "version_max",
+        3: "version_min",
+        8: (_part("isid", 16, 48), _part("tsih", 0, 16)),
+        16: "initiator_task_tag",
+        20: _part("cid", 16, 16),
+        24: "cmd_sn",
+        28: "exp_stat_sn",
+    }
     transit: bool = False  # T
     cont: bool = False  # C
     csg: int = 0
@@ -449,45 +437,21 @@ class LoginRequest:
     data: bytes = b""
     immediate: bool = True  # the I bit is always 1 on Login Requests (11.12)
 
-    def _words(self):
-        return (
-            _login_flags(self.transit, self.cont, self.csg, self.nsg),
-            self.version_max,
-            self.version_min,
-            self.isid << 16 | self.tsih,
-            self.initiator_task_tag,
-            self.cid << 16,
-            self.cmd_sn,
-            self.exp_stat_sn,
-            0,
-            0,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        b1 = w[1]
-        return cls(
-            bool(b1 & 0x80),
-            bool(b1 & 0x40),
-            b1 >> 2 & 3,
-            b1 & 3,
-            w[2],
-            w[3],
-            w[5] >> 16,
-            w[5] & 0xFFFF,
-            w[6],
-            w[7] >> 16,
-            w[8],
-            w[9],
-            immediate=i,
-        )
-
 
 @dataclass(slots=True)
 class LoginResponse:
     OPCODE: ClassVar[Opcode] = Opcode.LOGIN_RESPONSE
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.13
+        1: _LOGIN_FLAGS,
+        2: "version_max",
+        3: "version_active",
+        8: (_part("isid", 16, 48), _part("tsih", 0, 16)),
+        16: "initiator_task_tag",
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+        36: (_part("status_class", 24, 8), _part("status_detail", 16, 8)),
+    }
     transit: bool = False
     cont: bool = False
     csg: int = 0
@@ -505,46 +469,19 @@ class LoginResponse:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            _login_flags(self.transit, self.cont, self.csg, self.nsg),
-            self.version_max,
-            self.version_active,
-            self.isid << 16 | self.tsih,
-            self.initiator_task_tag,
-            0,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            self.status_class << 24 | self.status_detail << 16,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        b1 = w[1]
-        return cls(
-            bool(b1 & 0x80),
-            bool(b1 & 0x40),
-            b1 >> 2 & 3,
-            b1 & 3,
-            w[2],
-            w[3],
-            w[5] >> 16,
-            w[5] & 0xFFFF,
-            w[6],
-            w[8],
-            w[9],
-            w[10],
-            w[11] >> 24,
-            w[11] >> 16 & 0xFF,
-        )
-
 
 @dataclass(slots=True)
 class TextRequest:
     OPCODE: ClassVar[Opcode] = Opcode.TEXT_REQUEST
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.10
+        0: _flag("immediate", 6),
+        1: (_flag("final", 7), _flag("cont", 6)),
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "target_transfer_tag",
+        24: "cmd_sn",
+        28: "exp_stat_sn",
+    }
     immediate: bool = False
     final: bool = True
     cont: bool = False
@@ -556,30 +493,19 @@ class TextRequest:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            self.final << 7 | self.cont << 6,
-            0,
-            0,
-            self.lun,
-            self.initiator_task_tag,
-            self.target_transfer_tag,
-            self.cmd_sn,
-            self.exp_stat_sn,
-            0,
-            0,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(i, bool(w[1] & 0x80), bool(w[1] & 0x40), w[5], w[6], w[7], w[8], w[9])
-
 
 @dataclass(slots=True)
 class TextResponse:
     OPCODE: ClassVar[Opcode] = Opcode.TEXT_RESPONSE
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.11
+        1: (_flag("final", 7), _flag("cont", 6)),
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "target_transfer_tag",
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+    }
     final: bool = True
     cont: bool = False
     lun: int = 0
@@ -591,30 +517,19 @@ class TextResponse:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            self.final << 7 | self.cont << 6,
-            0,
-            0,
-            self.lun,
-            self.initiator_task_tag,
-            self.target_transfer_tag,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            0,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(bool(w[1] & 0x80), bool(w[1] & 0x40), w[5], w[6], w[7], w[8], w[9], w[10])
-
 
 @dataclass(slots=True)
 class DataOut:
     OPCODE: ClassVar[Opcode] = Opcode.SCSI_DATA_OUT
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.7
+        1: _flag("final", 7),
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "target_transfer_tag",
+        28: "exp_stat_sn",
+        36: "data_sn",
+        40: "buffer_offset",
+    }
     final: bool = True
     lun: int = 0
     initiator_task_tag: int = 0
@@ -625,30 +540,29 @@ class DataOut:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            self.final << 7,
-            0,
-            0,
-            self.lun,
-            self.initiator_task_tag,
-            self.target_transfer_tag,
-            0,
-            self.exp_stat_sn,
-            0,
-            self.data_sn,
-            self.buffer_offset,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(bool(w[1] & 0x80), w[5], w[6], w[7], w[9], w[11], w[12])
-
 
 @dataclass(slots=True)
 class DataIn:
     OPCODE: ClassVar[Opcode] = Opcode.SCSI_DATA_IN
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.7
+        1: (
+            _flag("final", 7),
+            _flag("acknowledge", 6),
+            _flag("overflow", 2),
+            _flag("underflow", 1),
+            _flag("status_present", 0),
+        ),
+        3: "status",
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "target_transfer_tag",
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+        36: "data_sn",
+        40: "buffer_offset",
+        44: "residual_count",
+    }
     final: bool = False  # F
     acknowledge: bool = False  # A
     overflow: bool = False  # O
@@ -667,54 +581,18 @@ class DataIn:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        b1 = (
-            self.final << 7
-            | self.acknowledge << 6
-            | self.overflow << 2
-            | self.underflow << 1
-            | self.status_present
-        )
-        return (
-            b1,
-            0,
-            self.status,
-            self.lun,
-            self.initiator_task_tag,
-            self.target_transfer_tag,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            self.data_sn,
-            self.buffer_offset,
-            self.residual_count,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        b1 = w[1]
-        return cls(
-            bool(b1 & 0x80),
-            bool(b1 & 0x40),
-            bool(b1 & 0x04),
-            bool(b1 & 0x02),
-            bool(b1 & 0x01),
-            w[3],
-            w[5],
-            w[6],
-            w[7],
-            w[8],
-            w[9],
-            w[10],
-            w[11],
-            w[12],
-            w[13],
-        )
-
 
 @dataclass(slots=True)
 class LogoutRequest:
     OPCODE: ClassVar[Opcode] = Opcode.LOGOUT_REQUEST
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.14
+        0: _flag("immediate", 6),
+        1: (0x80, _bits("reason_code", 0, 7)),
+        16: "initiator_task_tag",
+        20: _part("cid", 16, 16),
+        24: "cmd_sn",
+        28: "exp_stat_sn",
+    }
     immediate: bool = False
     reason_code: int = LogoutReason.CLOSE_SESSION
     initiator_task_tag: int = 0
@@ -724,30 +602,19 @@ class LogoutRequest:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            0x80 | (self.reason_code & 0x7F),
-            0,
-            0,
-            0,
-            self.initiator_task_tag,
-            self.cid << 16,
-            self.cmd_sn,
-            self.exp_stat_sn,
-            0,
-            0,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(i, w[1] & 0x7F, w[6], w[7] >> 16, w[8], w[9])
-
 
 @dataclass(slots=True)
 class LogoutResponse:
     OPCODE: ClassVar[Opcode] = Opcode.LOGOUT_RESPONSE
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.15
+        1: 0x80,
+        2: "response",
+        16: "initiator_task_tag",
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+        40: (_part("time2wait", 16, 16), _part("time2retain", 0, 16)),
+    }
     response: int = LogoutResponseCode.CLOSED_SUCCESSFULLY
     initiator_task_tag: int = 0
     stat_sn: int = 0
@@ -758,30 +625,22 @@ class LogoutResponse:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            0x80,
-            self.response,
-            0,
-            0,
-            self.initiator_task_tag,
-            0,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            0,
-            self.time2wait << 16 | self.time2retain,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(w[2], w[6], w[8], w[9], w[10], w[12] >> 16, w[12] & 0xFFFF)
-
 
 @dataclass(slots=True)
 class R2T:
     OPCODE: ClassVar[Opcode] = Opcode.R2T
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.8
+        1: 0x80,
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "target_transfer_tag",
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+        36: "r2t_sn",
+        40: "buffer_offset",
+        44: "desired_data_transfer_length",
+    }
     lun: int = 0
     initiator_task_tag: int = 0
     target_transfer_tag: int = 0
@@ -794,30 +653,20 @@ class R2T:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            0x80,
-            0,
-            0,
-            self.lun,
-            self.initiator_task_tag,
-            self.target_transfer_tag,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            self.r2t_sn,
-            self.buffer_offset,
-            self.desired_data_transfer_length,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(w[5], w[6], w[7], w[8], w[9], w[10], w[11], w[12], w[13])
-
 
 @dataclass(slots=True)
 class AsyncMessage:
     OPCODE: ClassVar[Opcode] = Opcode.ASYNC_MESSAGE
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.9
+        1: 0x80,
+        8: "lun",
+        16: RESERVED_TAG,
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+        36: (_part("async_event", 24, 8), _part("async_vcode", 16, 8), _part("parameter1", 0, 16)),
+        40: (_part("parameter2", 16, 16), _part("parameter3", 0, 16)),
+    }
     lun: int = 0
     stat_sn: int = 0
     exp_cmd_sn: int = 0
@@ -830,40 +679,19 @@ class AsyncMessage:
     ahs: bytes = b""
     data: bytes = b""
 
-    def _words(self):
-        return (
-            0x80,
-            0,
-            0,
-            self.lun,
-            RESERVED_TAG,
-            0,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            self.async_event << 24 | self.async_vcode << 16 | self.parameter1,
-            self.parameter2 << 16 | self.parameter3,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(
-            w[5],
-            w[8],
-            w[9],
-            w[10],
-            w[11] >> 24,
-            w[11] >> 16 & 0xFF,
-            w[11] & 0xFFFF,
-            w[12] >> 16,
-            w[12] & 0xFFFF,
-        )
-
 
 @dataclass(slots=True)
 class Reject:
     OPCODE: ClassVar[Opcode] = Opcode.REJECT
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.17
+        1: 0x80,
+        2: "reason",
+        16: RESERVED_TAG,
+        24: "stat_sn",
+        28: "exp_cmd_sn",
+        32: "max_cmd_sn",
+        36: "data_sn",
+    }
     reason: int = RejectReason.PROTOCOL_ERROR
     stat_sn: int = 0
     exp_cmd_sn: int = 0
@@ -872,30 +700,19 @@ class Reject:
     ahs: bytes = b""
     data: bytes = b""  # the complete header of the rejected PDU (11.17.3)
 
-    def _words(self):
-        return (
-            0x80,
-            self.reason,
-            0,
-            0,
-            RESERVED_TAG,
-            0,
-            self.stat_sn,
-            self.exp_cmd_sn,
-            self.max_cmd_sn,
-            self.data_sn,
-            0,
-            0,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(w[2], w[8], w[9], w[10], w[11])
-
 
 @dataclass(slots=True)
 class Snack:
     OPCODE: ClassVar[Opcode] = Opcode.SNACK_REQUEST
+    _BHS: ClassVar[dict] = {  # RFC 7143 11.16
+        1: (0x80, _bits("type", 0, 4)),
+        8: "lun",
+        16: "initiator_task_tag",
+        20: "target_transfer_tag",
+        28: "exp_stat_sn",
+        40: "beg_run",
+        44: "run_length",
+    }
     type: int = 0
     lun: int = 0
     initiator_task_tag: int = RESERVED_TAG
@@ -905,26 +722,6 @@ class Snack:
     run_length: int = 0
     ahs: bytes = b""
     data: bytes = b""
-
-    def _words(self):
-        return (
-            0x80 | (self.type & 0x0F),
-            0,
-            0,
-            self.lun,
-            self.initiator_task_tag,
-            self.target_transfer_tag,
-            0,
-            self.exp_stat_sn,
-            0,
-            0,
-            self.beg_run,
-            self.run_length,
-        )
-
-    @classmethod
-    def _from(cls, w, i):
-        return cls(w[1] & 0x0F, w[5], w[6], w[7], w[9], w[12], w[13])
 
 
 Pdu = (
@@ -948,41 +745,103 @@ Pdu = (
     | Snack
 )
 
-_INITIATOR_OPCODES = frozenset(
-    {
-        Opcode.NOP_OUT,
-        Opcode.SCSI_COMMAND,
-        Opcode.TASK_MGMT_REQUEST,
-        Opcode.LOGIN_REQUEST,
-        Opcode.TEXT_REQUEST,
-        Opcode.SCSI_DATA_OUT,
-        Opcode.LOGOUT_REQUEST,
-        Opcode.SNACK_REQUEST,
-    }
-)
 
-_BY_OPCODE = {
-    cls.OPCODE.value: cls
-    for cls in (
-        NopOut,
-        NopIn,
-        TaskManagementRequest,
-        TaskManagementResponse,
-        LoginRequest,
-        LoginResponse,
-        TextRequest,
-        TextResponse,
-        DataOut,
-        DataIn,
-        LogoutRequest,
-        LogoutResponse,
-        R2T,
-        AsyncMessage,
-        Reject,
-        Snack,
-        ScsiResponsePdu,
+# --------------------------------------------------------------------------- layout compiler
+
+# Offset -> struct code of every BHS slot; 4 is the lengths word.
+_SLOTS = {0: "B", 1: "B", 2: "B", 3: "B", 4: "I", 8: "Q", **{o: "I" for o in range(16, 48, 4)}}
+_LENGTHS = object()  # the slot encode_bhs fills in
+
+
+def _compile(cls: type) -> Callable:
+    """Give ``cls`` its ``_pack_bhs(pdu, lengths)``; return its ``decode(bhs, ahs, data)``.
+
+    Both are generated source (the way ``dataclasses`` builds ``__init__``): a single
+    ``Struct.pack`` of the fields' expressions, and a single ``unpack_from`` whose values
+    feed the constructor positionally, in field order. Reserved and constant slots are
+    pad bytes (``x``) in the decoding Struct, and so are all-zero slots when encoding."""
+    layout = dict(cls._BHS)
+    first = layout.get(0, ())
+    layout[0] = (int(cls.OPCODE), *(first if isinstance(first, tuple) else (first,)))
+    layout[4] = _LENGTHS
+    enc_fmt, enc_args, dec_fmt, dec_vars = [">"], [], [">"], []
+    decoded: list[tuple[str, str]] = []  # (field, expression of the unpacked v<offset>)
+    end = 0
+    for off, code in _SLOTS.items():
+        if off < end:
+            continue  # inside a _Bytes slot
+        slot = layout.pop(off, 0)
+        size = struct.calcsize(code)
+        var = f"v{off}"
+        if slot is _LENGTHS:
+            enc_fmt.append(code)
+            enc_args.append("lengths")
+            dec_fmt.append(f"{size}x")
+        elif isinstance(slot, _Bytes):
+            size = slot.size
+            enc_fmt.append(f"{size}s")
+            enc_args.append(f"p.{slot.name}")
+            dec_fmt.append(f"{size}s")
+            dec_vars.append(var)
+            decoded.append((slot.name, var))
+        else:
+            const, terms = 0, []
+            for item in slot if isinstance(slot, tuple) else (slot,):
+                if isinstance(item, int):
+                    const |= item
+                    continue
+                if isinstance(item, str):
+                    item = _Bits(item, 0, size * 8, False)
+                mask = (1 << item.width) - 1
+                term = f"(p.{item.name} & {mask:#x})" if item.clip else f"p.{item.name}"
+                terms.append(f"{term} << {item.shift}" if item.shift else term)
+                value = f"{var} >> {item.shift}" if item.shift else var
+                if item.shift + item.width < size * 8:
+                    value = f"{value} & {mask:#x}"
+                if item.width == 1:
+                    value = f"{var} & {1 << item.shift:#x} != 0"  # a bool
+                decoded.append((item.name, value))
+            dec_fmt.append(code if terms else f"{size}x")
+            if terms:
+                dec_vars.append(var)
+            if const:
+                terms.append(f"{const:#x}")
+            enc_fmt.append(code if terms else f"{size}x")
+            if terms:
+                enc_args.append(" | ".join(terms))
+        end = off + size
+    names = [f.name for f in fields(cls) if f.name not in ("ahs", "data")]
+    if layout or sorted(n for n, _ in decoded) != sorted(names) or end != BHS_LEN:
+        raise TypeError(f"{cls.__name__}: BHS layout does not match its fields")
+    exprs = dict(decoded)
+    args = ", ".join(exprs.get(f.name, f.name) for f in fields(cls))
+    src = (  # closures, so that the Structs' methods and cls are cell variables
+        "def make(cls, pack, unpack):\n"
+        f"    def _pack_bhs(p, lengths):\n        return pack({', '.join(enc_args)})\n"
+        f"    def decode(b, ahs, data):\n        {', '.join(dec_vars)}, = unpack(b)\n"
+        f"        return cls({args})\n"
+        "    return _pack_bhs, decode\n"
     )
-}
+    ns: dict = {}
+    exec(compile(src, f"<BHS of {cls.__name__}>", "exec"), ns)  # noqa: S102 - built from _BHS
+    enc, dec = struct.Struct("".join(enc_fmt)), struct.Struct("".join(dec_fmt))
+    cls._pack_bhs, decode = ns["make"](cls, enc.pack, dec.unpack_from)
+    return decode
+
+
+def _unknown_opcode(bhs: bytes | memoryview, ahs: bytes, data: bytes) -> Pdu:
+    raise PduError(
+        f"unknown opcode 0x{bhs[0] & 0x3F:02x}",
+        bytes(bhs[:BHS_LEN]),
+        RejectReason.COMMAND_NOT_SUPPORTED,
+    )
+
+
+# 6-bit opcode -> decode(bhs, ahs, data) -> PDU
+_DECODERS: list[Callable] = [_unknown_opcode] * 64
+for _cls in Pdu.__args__:
+    _DECODERS[_cls.OPCODE] = _compile(_cls)
+del _cls
 
 
 # --------------------------------------------------------------------------- encode
@@ -998,28 +857,7 @@ def encode_bhs(pdu: Pdu, ahs_len: int | None = None, dsl: int | None = None) -> 
         raise ValueError("AHS length must be a multiple of 4")
     if dsl > 0xFFFFFF:
         raise ValueError("data segment too long")
-    lengths = (ahs_len >> 2) << 24 | dsl
-    if type(pdu) is ScsiCommand:
-        b1 = pdu.final << 7 | pdu.read << 6 | pdu.write << 5 | (pdu.attr & 7)
-        cdb = pdu.cdb[:16].ljust(16, b"\0")
-        return _CMD.pack(
-            pdu.immediate << 6 | 0x01,
-            b1,
-            0,
-            0,
-            lengths,
-            pdu.lun,
-            pdu.initiator_task_tag,
-            pdu.expected_data_transfer_length,
-            pdu.cmd_sn,
-            pdu.exp_stat_sn,
-            cdb,
-        )
-    w = pdu._words()
-    op = pdu.OPCODE
-    if op in _INITIATOR_OPCODES and getattr(pdu, "immediate", False):
-        op |= 0x40
-    return _WORDS.pack(op, w[0], w[1], w[2], lengths, *w[3:])
+    return pdu._pack_bhs((ahs_len >> 2) << 24 | dsl)
 
 
 def encode_pdu(pdu: Pdu, header_digest: bool = False, data_digest: bool = False) -> bytes:
@@ -1049,36 +887,7 @@ def decode_bhs(bhs: bytes | memoryview, ahs: bytes = b"", data: bytes = b"") -> 
     """Decode one BHS (48 bytes) into its PDU dataclass, attaching ``ahs`` and ``data``.
 
     Raises PduError (reason COMMAND_NOT_SUPPORTED) for an unknown opcode."""
-    opbyte = bhs[0]
-    op = opbyte & 0x3F
-    immediate = bool(opbyte & 0x40)
-    if op == 0x01:
-        f = _CMD.unpack_from(bhs)
-        b1 = f[1]
-        return ScsiCommand(
-            immediate,
-            bool(b1 & 0x80),
-            bool(b1 & 0x40),
-            bool(b1 & 0x20),
-            b1 & 7,
-            f[5],
-            f[6],
-            f[7],
-            f[8],
-            f[9],
-            f[10],
-            ahs,
-            data,
-        )
-    cls = _BY_OPCODE.get(op)
-    if cls is None:
-        raise PduError(
-            f"unknown opcode 0x{op:02x}", bytes(bhs[:BHS_LEN]), RejectReason.COMMAND_NOT_SUPPORTED
-        )
-    pdu = cls._from(_WORDS.unpack_from(bhs), immediate)
-    pdu.ahs = ahs
-    pdu.data = data
-    return pdu
+    return _DECODERS[bhs[0] & 0x3F](bhs, ahs, data)
 
 
 def decode_pdu(raw: bytes, header_digest: bool = False, data_digest: bool = False) -> Pdu:
