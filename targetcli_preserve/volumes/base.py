@@ -34,6 +34,11 @@ class Volume(abc.ABC):
     async def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes at ``offset``. Raises BackendError on failure."""
 
+    def read_cached(self, offset: int, length: int) -> bytes | None:
+        """The bytes ``read`` would give, if memory has them all right now: never
+        blocks, never raises; None means "await read() instead"."""
+        return None
+
     @abc.abstractmethod
     async def write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at ``offset``. Raises BackendError on failure or if frozen."""

@@ -261,6 +261,13 @@ class ChunkBitmap:
                 return False
         return True
 
+    def none_set(self, first: int, last: int) -> bool:
+        bits = self.bits
+        for c in range(first, last + 1):
+            if bits[c >> 3] >> (c & 7) & 1:
+                return False
+        return True
+
     def next_clear(self, start: int) -> int | None:
         """The first unhydrated chunk >= ``start``, wrapping around; None if all set."""
         if self.remaining == 0:

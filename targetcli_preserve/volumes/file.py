@@ -163,6 +163,16 @@ class FileVolume(Volume):
             return None  # partly cached: the executor reads it all
         return bytes(buf)
 
+    def read_cached(self, offset: int, length: int) -> bytes | None:
+        if not self._nowait or not 0 < length <= NOWAIT_MAX or offset < 0:
+            return None
+        if offset + length > self.size:
+            return None
+        try:
+            return self._read_cached(offset, length)
+        except BackendError:
+            return None  # read() reports it
+
     async def _read_file(self, offset: int, length: int) -> bytes:
         if self._nowait and length <= NOWAIT_MAX:
             data = self._read_cached(offset, length)

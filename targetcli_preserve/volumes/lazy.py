@@ -536,6 +536,16 @@ class LazyVolume(FileVolume):
 
     # ---- the Volume API ----
 
+    def read_cached(self, offset: int, length: int) -> bytes | None:
+        if self._complete or not 0 <= offset < offset + length <= self.size:
+            return super().read_cached(offset, length)
+        first, last = offset // self._cs, (offset + length - 1) // self._cs
+        if self._bitmap.all_set(first, last):
+            return super().read_cached(offset, length)
+        if self._bitmap.none_set(first, last):
+            return self._source.read_cached(offset, length)
+        return None  # part ours, part the source's: read() joins them
+
     async def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length <= 0 or offset + length > self.size:
             if length == 0 and 0 <= offset <= self.size:
