@@ -221,7 +221,10 @@ class Datapath:
         task = asyncio.ensure_future(self._make_durable(cut, earlier))
         for name in cut.luns:
             self._durable[name] = task
-        self._durable_cuts[cut.id] = task
+        self._durable_cuts[cut.id] = task  # kept while it runs, or if it failed
+        task.add_done_callback(
+            lambda t: None if t.cancelled() or t.exception() else self._durable_cuts.pop(cut.id)
+        )
 
     async def _make_durable(self, cut: Cut, earlier: set[asyncio.Future]) -> None:
         """Clones, then ``cut``/``commit``/``durable`` on stable storage. In cut order per
@@ -243,10 +246,12 @@ class Datapath:
     async def _wait_durable(self, lun: str) -> None:
         """SYNCHRONIZE CACHE and FUA promise durability: that includes the newest cut."""
         task = self._durable.get(lun)
-        if task is not None and not task.done():
+        if task is None:
+            return
+        try:
             await asyncio.shield(task)
-        elif task is not None and task.exception() is not None:
-            raise BackendError(f"the preserve of {lun} could not be made durable") from task.exception()
+        except PreserveError as err:
+            raise BackendError(f"the preserve of {lun} could not be made durable") from err
 
     async def _clone(self, action: Clone) -> None:
         """Make generation ``action.new``: the standby lazy clone if one is ready."""
