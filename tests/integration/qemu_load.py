@@ -70,8 +70,15 @@ class QemuIo:
                 self.lines.append(line)
 
     def send(self, text: str) -> None:
-        self.proc.stdin.write(text)
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(text)
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # qemu-io exited: report what it said, not the pipe
+            self.proc.wait(10)
+            self._reader.join(5)
+            raise AssertionError(
+                f"qemu-io exited with status {self.proc.returncode}:\n{self.output()}"
+            ) from None
 
     def feed(self, lines: list[str], gap: float = 0.0005) -> None:
         """Send ``lines`` one by one; ``sent`` counts each before it goes out."""
