@@ -4,7 +4,7 @@ For each clone strategy (lazy on the machine's own filesystem, reflink on an XFS
 image when run as root) and for a 1 GiB and a 64 GiB sparse LUN holding the same
 scattered data, the real daemon stack (engine, data path, journal, volumes) runs in
 this process; each sample calls ``preserve`` and at once issues a post-cut write, and
-times its acknowledgement. DESIGN.md rule 3 says the clone is O(1): the 64/1 ratio
+times its acknowledgement. docs/design.md rule 3 says the clone is O(1): the 64/1 ratio
 should stay near 1 (goal: under 1 ms and a ratio under 1.5).
 
     .venv/bin/python bench/cut_latency.py [--samples 25] [--output docs/cut-latency.md]

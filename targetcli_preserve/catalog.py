@@ -63,6 +63,7 @@ class LunRecord:
     size: int
     block_size: int
     wwn: str
+    number: int  # the SCSI LUN number: fixed at creation for as long as the LUN exists
     generations: list[GenerationRecord] = field(default_factory=list)
 
     @property
@@ -107,13 +108,21 @@ class Catalog:
     def next_cut_id(self) -> int:
         return max(self.cuts, default=0) + 1
 
+    def free_lun_number(self) -> int:
+        """The lowest LUN number no LUN of the state directory has (SAM-5 4.6: a LUN
+        keeps its number, so an initiator never finds another LUN's data under it)."""
+        taken = {lun.number for lun in self.luns.values()}
+        return next(n for n in range(len(taken) + 1) if n not in taken)
+
     # ---- folding records -------------------------------------------------------
 
     def apply(self, record: dict[str, Any]) -> None:
         op = record["op"]
         if op == "lun":
+            number = record.get("number")  # absent in journals from before LUN numbers
             self.luns[record["name"]] = LunRecord(
                 record["name"], record["size"], record["block_size"], record["wwn"],
+                self.free_lun_number() if number is None else number,
                 [GenerationRecord(0, 0, None, VolumeState.LIVE, record.get("time"))],
             )
         elif op == "cut":

@@ -5,23 +5,31 @@
     targetcli-preserve [--state-dir DIR] [--json] status [LUN]
     targetcli-preserve [--state-dir DIR] [--json] volumes LUN
     targetcli-preserve [--state-dir DIR] [--json] locks
+    targetcli-preserve [--state-dir DIR] [--json] luns
 
-Every command but ``serve`` is one request to a running daemon over its control socket.
-Exit codes: 0 done; 1 the operation failed (storage, daemon); 2 bad usage or input
-(unknown LUN, bad argument); 3 no daemon is running for the state directory.
+Every command but ``serve`` is one request to a running daemon over its control socket
+(``luns`` reads the state directory itself when no daemon runs). Exit codes: 0 done;
+1 the operation failed (storage, daemon); 2 bad usage or input (unknown LUN, bad
+argument, a state directory that cannot be used); 3 no daemon is running for the
+state directory. Output cut short by its reader (``| head``) is not an error.
+
+A preserve is named the same way everywhere: its ``id``, the issue sequence number
+``seq`` where it cut, and its ``time``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import control
+from . import __version__, control
 from ._errors import PreserveError, UserError
-from .daemon import add_serve_arguments, default_state_dir, run_serve
+from .options import add_serve_arguments
+from .statedir import check_state_dir, default_state_dir, lun_list, read_catalog
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
 
@@ -36,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="targetcli-preserve", parents=[common],
         description="Point-in-time copies of live iSCSI LUNs, with no I/O pause.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", parents=[common], help="run the daemon and target in the foreground")
     add_serve_arguments(serve)
@@ -49,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("volumes", parents=[common], help="every volume of a LUN and its state")
     p.add_argument("lun", metavar="LUN")
     sub.add_parser("locks", parents=[common], help="the lock table now")
+    sub.add_parser("luns", parents=[common],
+                   help="every LUN of the state directory: number, size, WWN, served")
     return parser
 
 
@@ -57,18 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     args.state_dir = getattr(args, "state_dir", None)
     args.json = getattr(args, "json", False)
     if args.command == "serve":
-        return run_serve(args)
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    socket_path = state_dir / "control.sock"
+        from .daemon import run_serve  # the daemon's imports are for serve alone
+
+        return run_serve(args, "targetcli-preserve")
     try:
-        if args.command == "preserve":
-            result = control.call(socket_path, "preserve", luns=args.luns, wait=args.wait,
-                                  timeout=None if args.wait else 60.0)
-        elif args.command in ("status", "volumes"):
-            kwargs = {"lun": args.lun} if args.lun is not None else {}
-            result = control.call(socket_path, args.command, **kwargs)
-        else:
-            result = control.call(socket_path, args.command)
+        result = _run(args)
     except control.DaemonUnreachable as err:
         return _fail(err, EXIT_NO_DAEMON, args.json)
     except UserError as err:
@@ -76,18 +80,47 @@ def main(argv: list[str] | None = None) -> int:
     except PreserveError as err:
         return _fail(err, EXIT_FAILED, args.json)
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        text = json.dumps(result, indent=2) + "\n"
     else:
-        sys.stdout.write(_render(args.command, result))
+        text = _render(args.command, result)
+    return _print(text)
+
+
+def _run(args: argparse.Namespace) -> Any:
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    check_state_dir(state_dir)
+    socket_path = state_dir / "control.sock"
+    if args.command == "preserve":
+        return control.call(socket_path, "preserve", luns=args.luns, wait=args.wait,
+                            timeout=None if args.wait else 60.0)
+    if args.command in ("status", "volumes"):
+        kwargs = {"lun": args.lun} if args.lun is not None else {}
+        return control.call(socket_path, args.command, **kwargs)
+    if args.command == "luns":
+        try:
+            return control.call(socket_path, "luns")
+        except control.DaemonUnreachable:  # the state directory still says what it holds
+            return lun_list(read_catalog(state_dir), served=set())
+    return control.call(socket_path, args.command)
+
+
+def _print(text: str) -> int:
+    """Write the result; a reader that stops early (``| head -1``) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0
 
 
 def _fail(err: PreserveError, code: int, as_json: bool) -> int:
-    if as_json:
-        json.dump({"error": str(err), "kind": type(err).__name__}, sys.stdout)
-        sys.stdout.write("\n")
     print(f"targetcli-preserve: {err}", file=sys.stderr)
+    if as_json:
+        _print(json.dumps({"error": str(err), "kind": type(err).__name__}) + "\n")
     return code
 
 
@@ -96,7 +129,7 @@ def _fail(err: PreserveError, code: int, as_json: bool) -> int:
 
 def _render(command: str, result: Any) -> str:
     if command == "preserve":
-        lines = [f"preserve {result['cut']}: cut at seq {result['seq']} ({result['time']})"]
+        lines = [f"preserve {_preserve_text(result)}"]
         for lun in result["luns"]:
             kept, live = lun["preserved"], lun["live"]
             lines.append(f"  {lun['name']}: preserved {kept['path']} ({kept['state']}), "
@@ -105,19 +138,22 @@ def _render(command: str, result: Any) -> str:
     if command == "status":
         lines = [f"target {result['target']} on {result['portal']}",
                  f"state {result['state_dir']}, next seq {result['next_seq']}"]
-        rows = [("LUN", "NAME", "SIZE", "LIVE VOLUME", "IN FLIGHT", "VOLUMES", "LAST CUT")]
+        rows = [("LUN", "NAME", "SIZE", "LIVE VOLUME", "IN FLIGHT", "VOLUMES", "LAST PRESERVE")]
         for lun in result["luns"]:
-            last = lun["last_cut"]
+            last = lun["last_preserve"]
             rows.append((str(lun["lun"]), lun["name"], str(lun["size"]), lun["live"]["path"],
                          str(lun["inflight"]), str(lun["volumes"]),
-                         f"{last['seq']} @ {last['time']}" if last else "-"))
+                         _preserve_text(last) if last else "-"))
         return "\n".join(lines) + "\n" + _table(rows)
     if command == "volumes":
-        rows = [("GEN", "STATE", "CUT", "CLONE", "HYDRATED", "PATH")]
+        rows = [("GEN", "STATE", "PRESERVE", "SEQ", "TIME", "CLONE", "HYDRATED", "PATH")]
         for vol in result:
-            hydrated = vol["hydrated"]
+            hydrated, made_by = vol["hydrated"], vol["preserve"]
             rows.append((str(vol["generation"]), vol["state"] + (" DAMAGED" if vol["damaged"] else ""),
-                         "-" if vol["cut"] is None else str(vol["cut"]), vol["clone"] or "-",
+                         "-" if made_by is None else str(made_by["id"]),
+                         "-" if made_by is None else str(made_by["seq"]),
+                         "-" if made_by is None else made_by["time"],
+                         vol["clone"] or "-",
                          "-" if hydrated is None else f"{hydrated:.0%}", vol["path"]))
         return _table(rows)
     if command == "locks":
@@ -128,7 +164,19 @@ def _render(command: str, result: Any) -> str:
             rows.append((lock["lun"], str(lock["seq"]), str(lock["lba"]), str(lock["blocks"]),
                          lock["state"], "yes" if lock["pre_cut"] else "no", str(lock["waiters"])))
         return _table(rows)
+    if command == "luns":
+        if not result:
+            return "no LUNs\n"
+        rows = [("LUN", "NAME", "SIZE", "WWN", "VOLUMES", "SERVED")]
+        for lun in result:
+            rows.append((str(lun["lun"]), lun["name"], str(lun["size"]), lun["wwn"],
+                         str(lun["volumes"]), "yes" if lun["served"] else "no"))
+        return _table(rows)
     return json.dumps(result, indent=2) + "\n"
+
+
+def _preserve_text(preserve: dict[str, Any]) -> str:
+    return f"{preserve['id']} at seq {preserve['seq']} ({preserve['time']})"
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

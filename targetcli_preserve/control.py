@@ -45,7 +45,7 @@ class ControlServer:
     async def start(self) -> None:
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()  # a stale socket of a dead daemon (the state lock is ours)
-        old_umask = os.umask(0o177)  # created 0600: root only (DESIGN.md section 3)
+        old_umask = os.umask(0o177)  # created 0600: root only (docs/design.md section 3)
         try:
             self._server = await asyncio.start_unix_server(
                 self._serve, path=str(self.path), limit=MAX_REQUEST
@@ -126,6 +126,17 @@ def _parse_request(line: bytes) -> dict[str, Any]:
     return request
 
 
+def _permission_error(path: Path) -> UserError:
+    """Say what a refused connect means: the directory cannot even be looked into
+    (so whether a daemon runs is unknown), or a daemon's socket is root's."""
+    if not os.access(path.parent, os.X_OK):
+        return UserError(
+            f"cannot look into state directory {path.parent} (permission denied): "
+            "run as the user that owns it (root)"
+        )
+    return UserError(f"only the daemon's user (root) may use its control socket {path}")
+
+
 def call(path: Path, command: str, timeout: float | None = 60.0, **args: Any) -> Any:
     """Send one request to the daemon at ``path`` and return its result (blocking).
 
@@ -140,8 +151,10 @@ def call(path: Path, command: str, timeout: float | None = 60.0, **args: Any) ->
             raise DaemonUnreachable(
                 f"no daemon is running for {path.parent} ({err.strerror})"
             ) from err
+        except NotADirectoryError as err:
+            raise UserError(f"state directory {path.parent} is not a directory") from err
         except PermissionError as err:
-            raise UserError(f"not allowed to talk to the daemon at {path}: run as root") from err
+            raise _permission_error(path) from err
         sock.sendall(json.dumps({"command": command, "args": args}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

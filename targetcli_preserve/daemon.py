@@ -1,6 +1,6 @@
 """targetcli-preserved: the daemon that owns the engine, the volumes and the target.
 
-Start-up order (DESIGN.md rule 9): lock the state directory, replay the journal, make
+Start-up order (docs/design.md rule 9): lock the state directory, replay the journal, make
 the state consistent (roll back cuts that never committed, remove orphan clone files,
 freeze generations whose pre-cut commands the previous run's end cut off), open or
 create the LUNs' volumes, then serve: the built-in iSCSI target and the control socket.
@@ -14,44 +14,29 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from ._errors import PreserveError, UserError
-from .catalog import BLOCK_SIZE, Catalog, check_lun_name, replay
+from .catalog import BLOCK_SIZE, Catalog, CutRecord, replay
 from .control import ControlServer
 from .datapath import Datapath
 from .iscsi.server import IscsiServer
 from .journal import Journal, current_boot
+from .options import Config, LunSpec, add_serve_arguments, config_from, format_portal
 from .preserve import Engine, VolumeState
 from .scsi.target import LogicalUnit, LuIdentity, ScsiTarget
+from .statedir import check_state_dir, lun_list
 from .volumes import Volume, create_volume, open_volume, remove_volume
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IQN = "iqn.2026-11.org.targetcli-preserve:default"
-DEFAULT_PORTAL = ("127.0.0.1", 3260)
-DEFAULT_LUN_SIZE = 1 << 30
 _VOLUME_FILE = re.compile(r"vol-(\d{6})\.img\Z")
-
-
-@dataclass(frozen=True)
-class LunSpec:
-    name: str
-    size: int
-
-
-@dataclass
-class Config:
-    state_dir: Path
-    host: str = DEFAULT_PORTAL[0]
-    port: int = DEFAULT_PORTAL[1]
-    luns: list[LunSpec] = field(default_factory=lambda: [LunSpec("lun0", DEFAULT_LUN_SIZE)])
-    iqn: str = DEFAULT_IQN
 
 
 class Daemon:
@@ -69,16 +54,41 @@ class Daemon:
     # ---- start and stop -----------------------------------------------------------
 
     async def start(self) -> None:
+        """Bring the daemon up; what could fail is checked before anything is created,
+        and a state directory this attempt created is removed again if it fails."""
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_state_dir(cfg.state_dir)
+        self.server = IscsiServer(cfg.host, cfg.port, {})
+        await self.server.listen()  # a portal in use fails here, before any file exists
+        created = not cfg.state_dir.exists()
+        try:
+            await self._start_in_state_dir()
+        except BaseException:
+            await self.stop()
+            if created:
+                shutil.rmtree(cfg.state_dir, ignore_errors=True)
+            raise
+
+    async def _start_in_state_dir(self) -> None:
+        cfg = self.config
+        try:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as err:
+            raise UserError(f"cannot create state directory {cfg.state_dir}: {err.strerror}") from err
         self._lock_state_dir()
         journal_path = cfg.state_dir / "journal"
         catalog = replay(cfg.state_dir, Journal.read(journal_path))
+        for spec in cfg.luns:  # refuse a wrong --lun before the journal gets any record
+            record = catalog.luns.get(spec.name)
+            if record is not None and record.size != spec.size:
+                raise UserError(
+                    f"LUN {spec.name!r} exists with size {record.size}, not {spec.size}"
+                )
         journal = Journal(journal_path)
         self.catalog = catalog
-        await self._recover(catalog, journal)
         volumes: dict[tuple[str, int], Volume] = {}
         try:
+            await self._recover(catalog, journal)
             for spec in cfg.luns:
                 await self._ensure_lun(catalog, journal, spec)
                 record = catalog.luns[spec.name]
@@ -91,12 +101,13 @@ class Daemon:
         except BaseException:
             for vol in volumes.values():
                 await vol.close()
+            journal.close()
             raise
         self.engine = engine
         self.datapath = Datapath(engine, catalog, journal, volumes)
         for spec in cfg.luns:
             self.datapath.prepare_standby(spec.name)
-        self.lun_numbers = {spec.name: number for number, spec in enumerate(cfg.luns)}
+        self.lun_numbers = {spec.name: catalog.luns[spec.name].number for spec in cfg.luns}
         self.target = ScsiTarget({
             number: LogicalUnit(
                 self.datapath.store(name),
@@ -104,19 +115,23 @@ class Daemon:
             )
             for name, number in self.lun_numbers.items()
         })
-        self.server = IscsiServer(cfg.host, cfg.port, {cfg.iqn: self.target})
-        await self.server.start()
+        self.server.targets[cfg.iqn] = self.target
         self.control = ControlServer(cfg.state_dir / "control.sock", self._handlers())
         await self.control.start()
+        await self.server.start()
 
     async def stop(self) -> None:
-        if self.control is not None:
-            await self.control.close()
-        if self.server is not None:
-            await self.server.close()
-        if self.datapath is not None:
-            await self.datapath.close()
-            self.datapath.journal.close()
+        """Stop whatever :meth:`start` got to; safe to call again."""
+        control, self.control = self.control, None
+        if control is not None:
+            await control.close()
+        server, self.server = self.server, None
+        if server is not None:
+            await server.close()
+        datapath, self.datapath = self.datapath, None
+        if datapath is not None:
+            await datapath.close()
+            datapath.journal.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -151,13 +166,8 @@ class Daemon:
                     await remove_volume(path)
 
     async def _ensure_lun(self, catalog: Catalog, journal: Journal, spec: LunSpec) -> None:
-        record = catalog.luns.get(spec.name)
-        if record is not None:
-            if record.size != spec.size:
-                raise UserError(
-                    f"LUN {spec.name!r} exists with size {record.size}, not {spec.size}"
-                )
-            return
+        if spec.name in catalog.luns:
+            return  # its size was checked at start
         lun_dir = catalog.lun_dir(spec.name)
         lun_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for path in _volume_files(lun_dir):  # a creation that crashed before its record
@@ -167,7 +177,7 @@ class Daemon:
         await vol.close()
         record = {
             "op": "lun", "name": spec.name, "size": spec.size, "block_size": BLOCK_SIZE,
-            "wwn": str(uuid.uuid4()),
+            "wwn": str(uuid.uuid4()), "number": catalog.free_lun_number(),
         }
         try:
             journal.append(record)
@@ -184,6 +194,7 @@ class Daemon:
             "status": self.cmd_status,
             "volumes": self.cmd_volumes,
             "locks": self.cmd_locks,
+            "luns": self.cmd_luns,
         }
 
     def _served(self, name: Any) -> str:
@@ -201,9 +212,8 @@ class Daemon:
             await asyncio.gather(*(
                 self.datapath.wait_frozen(n, cut.new_generation[n] - 1) for n in cut.luns
             ))
-        record = self.catalog.cuts[cut.id]
         return {
-            "cut": cut.id, "seq": cut.seq, "time": record.time,
+            **preserve_info(self.catalog.cuts[cut.id]),
             "luns": [
                 {
                     "name": n,
@@ -219,7 +229,7 @@ class Daemon:
         names = [self._served(lun)] if lun is not None else list(self.lun_numbers)
         return {
             "target": self.config.iqn,
-            "portal": f"{self.config.host}:{self.server.port}",
+            "portal": format_portal(self.config.host, self.server.port),
             "state_dir": str(self.config.state_dir),
             "next_seq": self.engine.next_seq,
             "luns": [self._lun_status(n) for n in names],
@@ -239,9 +249,7 @@ class Daemon:
             "inflight": self.engine.inflight(name),
             "volumes": len(gens),
             "draining": sum(g.state is VolumeState.DRAINING for g in gens),
-            "last_cut": (
-                {"cut": cuts[-1].id, "seq": cuts[-1].seq, "time": cuts[-1].time} if cuts else None
-            ),
+            "last_preserve": preserve_info(cuts[-1]) if cuts else None,
         }
 
     async def cmd_volumes(self, lun: str) -> list[dict[str, Any]]:
@@ -256,13 +264,14 @@ class Daemon:
             "generation": index,
             "path": str(self.catalog.volume_path(name, index)),
             "state": gen.state.value,
-            "cut": gen.cut_seq if cut is not None else None,
-            "cut_id": gen.cut_id,
-            "time": cut.time if cut is not None else None,
+            "preserve": preserve_info(cut) if cut is not None else None,
             "damaged": gen.damaged,
             "clone": vol.strategy.value if vol is not None and vol.strategy else None,
             "hydrated": vol.hydration_progress() if vol is not None else None,
         }
+
+    async def cmd_luns(self) -> list[dict[str, Any]]:
+        return lun_list(self.catalog, served=set(self.lun_numbers))
 
     async def cmd_locks(self) -> list[dict[str, Any]]:
         return [
@@ -274,6 +283,12 @@ class Daemon:
             }
             for lock in self.engine.locks()
         ]
+
+
+def preserve_info(cut: CutRecord) -> dict[str, Any]:
+    """How every front end names a preserve: its id, the issue sequence number where
+    it cut (commands with a lower ``seq`` are in the preserved image), and its time."""
+    return {"id": cut.id, "seq": cut.seq, "time": cut.time}
 
 
 def _volume_files(lun_dir: Path) -> list[Path]:
@@ -292,14 +307,11 @@ async def serve(config: Config, out=sys.stdout) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
     try:
-        await daemon.start()
-    except BaseException:
-        await daemon.stop()
-        raise
-    try:
-        print(f"target {config.iqn} on {config.host}:{daemon.server.port}", file=out)
-        for name, number in daemon.lun_numbers.items():
+        print(f"target {config.iqn} on {format_portal(config.host, daemon.server.port)}",
+              file=out)
+        for name, number in sorted(daemon.lun_numbers.items(), key=lambda item: item[1]):
             record = daemon.catalog.luns[name]
             live = daemon.catalog.volume_path(name, record.live.index)
             print(f"  LUN {number}: {name} ({_human(record.size)}) {live}", file=out)
@@ -318,75 +330,29 @@ def _human(size: int) -> str:
     return f"{size} bytes"
 
 
-def parse_size(text: str) -> int:
-    """Bytes, or a number with a K/M/G/T suffix (powers of 1024)."""
-    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise UserError(f"bad size {text!r}: use bytes or a K/M/G/T suffix, e.g. 1G")
-    shift = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[match.group(2).upper()]
-    size = int(match.group(1)) << shift
-    if size <= 0 or size % BLOCK_SIZE:
-        raise UserError(f"bad size {text!r}: must be a positive multiple of {BLOCK_SIZE} bytes")
-    return size
-
-
-def parse_lun(text: str) -> LunSpec:
-    name, sep, size = text.rpartition(":")
-    if not sep:
-        raise UserError(f"bad --lun {text!r}: use NAME:SIZE, e.g. lun0:1G")
-    return LunSpec(check_lun_name(name), parse_size(size))
-
-
-def parse_portal(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
-        raise UserError(f"bad --portal {text!r}: use HOST:PORT, e.g. 127.0.0.1:3260")
-    return host.strip("[]"), int(port)
-
-
-def default_state_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("targetcli-preserve"))
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--portal", default=f"{DEFAULT_PORTAL[0]}:{DEFAULT_PORTAL[1]}",
-                        help="address to listen on, HOST:PORT (default %(default)s)")
-    parser.add_argument("--lun", action="append", default=[], metavar="NAME:SIZE",
-                        help="serve LUN NAME of SIZE bytes (K/M/G/T suffixes); repeatable; "
-                             "default lun0:1G; an existing LUN is reused")
-    parser.add_argument("--iqn", default=DEFAULT_IQN, help="target name (default %(default)s)")
-
-
-def config_from(args: argparse.Namespace) -> Config:
-    host, port = parse_portal(args.portal)
-    luns = [parse_lun(text) for text in args.lun] or [LunSpec("lun0", DEFAULT_LUN_SIZE)]
-    if len({spec.name for spec in luns}) != len(luns):
-        raise UserError("a LUN name is given twice")
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    return Config(state_dir.resolve(), host, port, luns, args.iqn)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="targetcli-preserved", description="Serve LUNs over iSCSI with live preserve."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--state-dir", help="state directory (default: the user data dir)")
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
-    return run_serve(args)
+    return run_serve(args, parser.prog)
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace, prog: str) -> int:
+    """Run ``serve``; errors are one line on stderr, prefixed with ``prog``.
+    Exit status: 0 clean stop, 2 bad input, 1 could not start or run."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(config_from(args)))
     except PreserveError as err:
-        print(f"targetcli-preserved: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 2 if isinstance(err, UserError) else 1
-    except OSError as err:  # e.g. the portal address is in use
-        print(f"targetcli-preserved: {err}", file=sys.stderr)
+    except OSError as err:  # storage or the system failed outside a PreserveError
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"{prog}: {err.strerror or err}{where}", file=sys.stderr)
         return 1
     return 0
 

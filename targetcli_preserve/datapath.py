@@ -4,7 +4,7 @@ This is the engine's one driver. It turns SCSI-level calls (a :class:`LunStore` 
 BlockStore of one LUN) into engine events, and carries out the engine's actions: block
 I/O on volumes, clones, journal records, freezes. Everything runs on one asyncio loop,
 so an engine call is atomic with respect to every other (that is what makes the cut
-atomic with command intake, DESIGN.md rule 2); blocking syscalls run on threads.
+atomic with command intake, docs/design.md rule 2); blocking syscalls run on threads.
 
 Order of a preserve (rules 2, 3 and 9), with no fsync on the way: take T in the engine;
 write the ``cut`` record (page cache); make the clones (or take the standby lazy clone

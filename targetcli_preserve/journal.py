@@ -1,4 +1,4 @@
-"""The journal: an append-only, fsync'd log of every preserve step (DESIGN.md rule 9).
+"""The journal: an append-only, fsync'd log of every preserve step (docs/design.md rule 9).
 
 One JSON object per line in ``STATE/journal``. :meth:`Journal.append` returns only once
 the record is on stable storage, so whatever the daemon did after an append survives a

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import MutableMapping
 from typing import Self
 
-from targetcli_preserve._errors import ProtocolError
+from targetcli_preserve._errors import PreserveError, ProtocolError
 from targetcli_preserve.iscsi.login import SessionParams, SessionType, TargetLimits
 from targetcli_preserve.iscsi.session import (
     CloseConnection,
@@ -285,7 +286,7 @@ class IscsiServer:
         self,
         host: str,
         port: int,
-        targets: Mapping[str, object],
+        targets: MutableMapping[str, object],
         portal_group_tag: int = 1,
         limits: TargetLimits | None = None,
     ) -> None:
@@ -301,12 +302,29 @@ class IscsiServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.port = port
 
-    async def start(self) -> None:
+    async def listen(self) -> None:
+        """Bind the portal without accepting connections yet, so that a caller learns
+        early that the address is taken (PreserveError naming the portal)."""
+        if self._server is not None:
+            return
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(
-            lambda: _IscsiProtocol(self), self.host, self._requested_port, reuse_address=True
-        )
+        try:
+            self._server = await self._loop.create_server(
+                lambda: _IscsiProtocol(self), self.host, self._requested_port,
+                reuse_address=True, start_serving=False,
+            )
+        except OSError as err:
+            raise PreserveError(
+                f"cannot listen on {self.host}:{self._requested_port}: "
+                f"{os.strerror(err.errno) if err.errno else err}"
+            ) from err
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        """Listen (if :meth:`listen` was not called) and accept connections."""
+        await self.listen()
+        assert self._server is not None
+        await self._server.start_serving()
 
     async def close(self) -> None:
         """Stop listening, close every connection, wait (bounded) for running commands."""

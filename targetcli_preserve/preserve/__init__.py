@@ -1,6 +1,6 @@
 """The I/O-free preserve engine: issue order, the cut, routing, the lock table, drain.
 
-Events in, actions out; no sockets, no files, no clocks (DESIGN.md section 3).
+Events in, actions out; no sockets, no files, no clocks (docs/design.md section 3).
 """
 
 from .engine import (

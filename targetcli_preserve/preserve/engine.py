@@ -8,7 +8,7 @@ It never touches a file, a socket or a clock, so it can be checked exhaustively.
 Vocabulary. Each LUN has a list of *generations*: generation 0 is the volume it was
 created with; a cut makes generation k+1 as a clone of generation k. A generation g
 was cut at ``seq`` T_g and, once the next cut exists, must end up holding exactly the
-effect of every command with seq < T_{g+1} (DESIGN.md rule 6).
+effect of every command with seq < T_{g+1} (docs/design.md rule 6).
 
 The rules, where they are enforced:
 

@@ -1,6 +1,6 @@
 """The lock table: LBA range locks of in-flight writes, granted in issue order.
 
-Owns one rule (DESIGN.md rule 1, and rules 4-5 at a cut): a command may run only when
+Owns one rule (docs/design.md rule 1, and rules 4-5 at a cut): a command may run only when
 no earlier command that is still in flight *writes* a range overlapping its own. Every
 write holds the lock on its range from intake until it has reached every volume it
 must reach (its home volume and every clone cut while it was in flight), so

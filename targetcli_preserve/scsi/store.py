@@ -4,7 +4,7 @@ The SCSI command set in this package talks only to this protocol. The product's
 implementation is the preserve-aware LUN data path (``targetcli_preserve.datapath``),
 which drives the engine and the volumes; tests may use a plain in-memory store.
 
-Issue order (DESIGN.md rule 1): ``read``, ``write`` and ``flush`` are plain methods, not
+Issue order (docs/design.md rule 1): ``read``, ``write`` and ``flush`` are plain methods, not
 coroutines. Their synchronous part registers the command with the engine and so fixes
 its sequence number *at the call*; they return an awaitable that completes the command.
 A transport that calls them in CmdSN order therefore issues commands in CmdSN order,

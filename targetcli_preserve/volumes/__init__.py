@@ -1,4 +1,4 @@
-"""Volumes: where LUN data lives. Storage only, no SCSI (DESIGN.md section 3).
+"""Volumes: where LUN data lives. Storage only, no SCSI (docs/design.md section 3).
 
 Public API (async, for one event loop; blocking syscalls run on a shared executor)::
 

@@ -1,12 +1,12 @@
 """The volume API: create, open, clone and remove file volumes.
 
-Creation is transactional (DESIGN.md section 6). A data file is built as ``P.partial``
+Creation is transactional (docs/design.md section 6). A data file is built as ``P.partial``
 and published as ``P`` with link(2), which fails if ``P`` exists; the sidecars are
 written before that, so after a process crash ``P`` either does not exist or is
 complete (the page cache keeps the order of the syscalls).
 
 Durability. ``create_volume`` (not on a hot path) fsyncs the file and the directory
-before it returns. ``clone_volume`` is on the cut's latency path (DESIGN.md rule 3:
+before it returns. ``clone_volume`` is on the cut's latency path (docs/design.md rule 3:
 the first post-cut write waits for it), so it issues no fsync at all: the LUN has a
 write-back cache, and the clone's first ``flush()`` (SYNCHRONIZE CACHE) makes the
 file, its sidecars and its name durable. Until then a power loss may lose the clone
@@ -191,7 +191,7 @@ async def clone_volume(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     background: bool = True,
 ) -> Volume:
-    """Clone ``source`` to a new volume at ``dest`` in O(1) time (DESIGN.md rule 3).
+    """Clone ``source`` to a new volume at ``dest`` in O(1) time (docs/design.md rule 3).
 
     Returns a LazyVolume. ``strategy`` None picks REFLINK when the destination can
     share ``source``'s blocks (same reflink-capable filesystem), else LAZY; an explicit

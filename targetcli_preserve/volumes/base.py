@@ -2,7 +2,7 @@
 
 A volume is a byte-addressed store of fixed size. It knows storage, not SCSI: the
 caller (the preserve engine, via the LUN data path) turns LBAs into byte offsets and
-decides which volumes a command goes to (DESIGN.md section 3). Volumes do not track
+decides which volumes a command goes to (docs/design.md section 3). Volumes do not track
 live/draining/frozen; they only offer :meth:`Volume.freeze`.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 class CloneStrategy(enum.Enum):
-    """How a clone was made (DESIGN.md rule 3)."""
+    """How a clone was made (docs/design.md rule 3)."""
 
     # Both: empty sparse file + chunk bitmap, reads through its source, hydrates behind.
     REFLINK = "reflink"  # hydrates by sharing blocks (FICLONERANGE): no copy, no space

@@ -1,4 +1,4 @@
-"""The persisted chunk bitmaps of a lazy clone (DESIGN.md rules 3 and 8).
+"""The persisted chunk bitmaps of a lazy clone (docs/design.md rules 3 and 8).
 
 Bit ``c`` (byte ``c >> 3``, bit ``c & 7``, LSB first) set means chunk ``c`` of the clone
 is *hydrated*: the clone's own file holds its content and the source is no longer read

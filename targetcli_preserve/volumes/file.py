@@ -9,7 +9,7 @@ blocks on I/O; only a cache miss pays the executor round trip (about 100 us on a
 answer EOPNOTSUPP once and the volume stops trying. Writes always go to the executor:
 a buffered write may allocate blocks or be throttled by dirty-page writeback.
 
-Durability (the LUN has a write-back cache, SBC-3 WCE=1; DESIGN.md rule 8): a write
+Durability (the LUN has a write-back cache, SBC-3 WCE=1; docs/design.md rule 8): a write
 returns once its data is in the page cache, which a process crash keeps; flush()
 (SYNCHRONIZE CACHE) makes every write that returned durable. A counter of finished
 writes lets flush() skip the fdatasync when nothing changed since the last one. A

@@ -1,4 +1,4 @@
-"""Lazy clones: every clone, made in O(1) at the cut (DESIGN.md rule 3).
+"""Lazy clones: every clone, made in O(1) at the cut (docs/design.md rule 3).
 
 A lazy clone is a new sparse file of the source's size plus a chunk bitmap
 (``bitmap.py``) and a JSON sidecar naming its source (``sidecar.py``). A set bit means

@@ -1,4 +1,4 @@
-"""Block sharing with FICLONERANGE (DESIGN.md rule 3), for reflink-hydrated lazy clones.
+"""Block sharing with FICLONERANGE (docs/design.md rule 3), for reflink-hydrated lazy clones.
 
 On a filesystem that shares extents (XFS made with ``-m reflink=1``, btrfs) a clone is
 a lazy clone (``lazy.py``) whose chunks are *hydrated* by sharing the source's blocks

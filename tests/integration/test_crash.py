@@ -1,4 +1,4 @@
-"""SIGKILL during a preserve, then restart (DESIGN.md rules 8 and 9).
+"""SIGKILL during a preserve, then restart (docs/design.md rules 8 and 9).
 
 The daemon is killed at a spread of moments around a preserve while qemu-io has writes
 in flight. After a restart with the same command line:

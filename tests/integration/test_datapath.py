@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from targetcli_preserve._errors import BackendError, ProtocolError
-from targetcli_preserve.daemon import Config, Daemon, LunSpec
+from targetcli_preserve.daemon import Daemon
+from targetcli_preserve.options import Config, LunSpec
 from targetcli_preserve.journal import Journal
 
 BS = 512

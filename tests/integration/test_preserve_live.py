@@ -1,4 +1,4 @@
-"""A live preserve under real iSCSI load, checked byte for byte (DESIGN.md rules 1-6).
+"""A live preserve under real iSCSI load, checked byte for byte (docs/design.md rules 1-6).
 
 qemu-io keeps many overlapping asynchronous writes in flight against the built-in
 target; ``preserve`` runs in the middle. Afterwards:
@@ -98,7 +98,7 @@ def test_preserve_under_async_writes(state_dir, clone_strategy, tmp_path):
         vols = served.json("volumes", "lun0")
         assert [v["state"] for v in vols] == ["frozen", "live"]
         assert vols[1]["clone"] == clone_strategy
-        assert vols[1]["cut"] == cut["seq"]
+        assert vols[1]["preserve"]["seq"] == cut["seq"]
         print(f"{clone_strategy}: cut after {k} of {len(writes)} writes ({acked} acked before, "
               f"{cut['luns'][0]['inflight_at_cut']} in flight at the cut)")
     finally:
@@ -113,7 +113,7 @@ def test_one_cut_over_two_luns(state_dir, clone_strategy, tmp_path):
         for lun, (writes, entry, lo, hi) in enumerate(zip(loads, cut["luns"], acked, sent)):
             check_lun(served, tmp_path, lun, entry, writes, lo, hi)
         # One T for the whole consistency group (rule 2).
-        cuts = {served.json("volumes", name)[-1]["cut"] for name in ("lun0", "lun1")}
+        cuts = {served.json("volumes", name)[-1]["preserve"]["seq"] for name in ("lun0", "lun1")}
         assert cuts == {cut["seq"]}
     finally:
         assert served.stop() == 0

@@ -1,4 +1,4 @@
-"""Restart recovery, state by state (DESIGN.md rule 9; catalog.py says the policy).
+"""Restart recovery, state by state (docs/design.md rule 9; catalog.py says the policy).
 
 Each test leaves a state directory exactly as a crash at one step of a preserve would
 (journal records written or not, clone file made or not, same boot or a reboot), starts
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from targetcli_preserve._errors import UserError
-from targetcli_preserve.daemon import Config, Daemon, LunSpec
+from targetcli_preserve.daemon import Daemon
+from targetcli_preserve.options import Config, LunSpec
 from targetcli_preserve.journal import Journal, current_boot
 from targetcli_preserve.volumes import clone_volume, open_volume
 
@@ -172,8 +173,8 @@ def test_restart_keeps_cut_details(state):
             await daemon.stop()
 
     vols, status = run(view())
-    assert vols[1]["cut"] == 5 and vols[1]["cut_id"] == 1 and vols[1]["time"] == "t"
-    assert status["luns"][0]["last_cut"] == {"cut": 1, "seq": 5, "time": "t"}
+    assert vols[1]["preserve"] == {"id": 1, "seq": 5, "time": "t"}
+    assert status["luns"][0]["last_preserve"] == {"id": 1, "seq": 5, "time": "t"}
     assert status["next_seq"] >= 5  # the counter goes on past every T taken
 
 

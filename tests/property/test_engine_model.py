@@ -1,4 +1,4 @@
-"""The preserve engine against a naive model (DESIGN.md sections 2-3).
+"""The preserve engine against a naive model (docs/design.md sections 2-3).
 
 A hypothesis state machine drives the real :class:`Engine` with a simulated driver: a
 few LUNs of ``BLOCKS`` blocks, each block a ``bytes`` value that names the write that

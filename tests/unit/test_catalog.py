@@ -1,5 +1,5 @@
 """The catalog (catalog.py): journal records folded into LUNs, generations and cuts,
-and what a restart must undo (DESIGN.md rule 9, the policy in catalog.py)."""
+and what a restart must undo (docs/design.md rule 9, the policy in catalog.py)."""
 
 from __future__ import annotations
 
@@ -309,3 +309,28 @@ def test_generations_to_freeze(tmp_path: Path) -> None:
 
 def test_nothing_to_freeze_without_cuts(tmp_path: Path) -> None:
     assert fold(tmp_path, lun("a"), lun("b")).generations_to_freeze() == []
+
+
+# ---- LUN numbers ---------------------------------------------------------------------
+
+
+def test_lun_numbers_come_from_the_journal() -> None:
+    catalog = replay(Path("/s"), [{**lun("a"), "number": 3}, {**lun("b"), "number": 0}])
+    assert {name: rec.number for name, rec in catalog.luns.items()} == {"a": 3, "b": 0}
+    assert catalog.free_lun_number() == 1  # the lowest number nobody has
+
+
+def test_lun_records_without_a_number_get_the_lowest_free_in_creation_order() -> None:
+    # a journal written before LUN numbers were recorded, then one more LUN created
+    catalog = replay(Path("/s"), [lun("b"), lun("a")])
+    assert {name: rec.number for name, rec in catalog.luns.items()} == {"b": 0, "a": 1}
+    catalog.apply({**lun("c"), "number": catalog.free_lun_number()})
+    assert catalog.luns["c"].number == 2
+
+
+def test_free_lun_number_fills_gaps_first() -> None:
+    catalog = replay(Path("/s"), [{**lun(n), "number": i} for n, i in [("a", 0), ("b", 2)]])
+    assert catalog.free_lun_number() == 1
+    catalog.apply({**lun("c"), "number": catalog.free_lun_number()})
+    assert catalog.free_lun_number() == 3
+    assert replay(Path("/s"), []).free_lun_number() == 0

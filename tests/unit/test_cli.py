@@ -22,7 +22,8 @@ import pytest
 from targetcli_preserve import cli, control
 from targetcli_preserve._errors import BackendError
 from targetcli_preserve.control import ControlServer
-from targetcli_preserve.daemon import DEFAULT_IQN, Config, Daemon, LunSpec
+from targetcli_preserve.daemon import Daemon
+from targetcli_preserve.options import DEFAULT_IQN, Config, LunSpec
 
 SIZE = 4 << 20
 
@@ -245,7 +246,7 @@ def test_status_json(daemon: Daemon, state_dir: Path, capsys) -> None:
     assert re.fullmatch(r"[0-9a-f-]{36}", lun["wwn"])
     assert lun["live"]["path"] == str(state_dir / "luns" / "lun0" / "vol-000000.img")
     assert lun["live"]["state"] == "live" and lun["live"]["generation"] == 0
-    assert (lun["inflight"], lun["volumes"], lun["draining"], lun["last_cut"]) == (0, 1, 0, None)
+    assert (lun["inflight"], lun["volumes"], lun["draining"], lun["last_preserve"]) == (0, 1, 0, None)
 
 
 def test_status_of_one_lun(daemon: Daemon, state_dir: Path, capsys) -> None:
@@ -260,7 +261,7 @@ def test_status_human(daemon: Daemon, state_dir: Path, capsys) -> None:
     assert f"state {state_dir}" in out
     header, row = out.splitlines()[2:4]
     assert header.split() == ["LUN", "NAME", "SIZE", "LIVE", "VOLUME", "IN", "FLIGHT",
-                              "VOLUMES", "LAST", "CUT"]
+                              "VOLUMES", "LAST", "PRESERVE"]
     assert row.split() == ["0", "lun0", str(SIZE),
                            str(state_dir / "luns" / "lun0" / "vol-000000.img"), "0", "1", "-"]
 
@@ -269,14 +270,15 @@ def test_volumes_json_and_human(daemon: Daemon, state_dir: Path, capsys) -> None
     [vol] = run_json(capsys, state_dir, "volumes", "lun0")
     assert vol["generation"] == 0 and vol["state"] == "live"
     assert vol["path"] == str(state_dir / "luns" / "lun0" / "vol-000000.img")
-    assert vol["cut"] is None and vol["cut_id"] is None and vol["time"] is None
+    assert vol["preserve"] is None
     assert vol["damaged"] is False
     assert {"clone", "hydrated"} <= vol.keys()
     code, out, _ = run_cli(capsys, "--state-dir", str(state_dir), "volumes", "lun0")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["GEN", "STATE", "CUT", "CLONE", "HYDRATED", "PATH"]
-    assert lines[1].split()[0:3] == ["0", "live", "-"]
+    assert lines[0].split() == ["GEN", "STATE", "PRESERVE", "SEQ", "TIME", "CLONE", "HYDRATED",
+                                "PATH"]
+    assert lines[1].split()[0:5] == ["0", "live", "-", "-", "-"]
     assert lines[1].split()[-1] == vol["path"]
 
 
@@ -302,7 +304,7 @@ def test_exit_2_for_an_unknown_lun(daemon: Daemon, state_dir: Path, command: lis
 
 def test_preserve_json(daemon: Daemon, state_dir: Path, capsys) -> None:
     result = run_json(capsys, state_dir, "preserve", "lun0")
-    assert result["cut"] == 1
+    assert result["id"] == 1
     assert isinstance(result["seq"], int) and result["time"]
     [lun] = result["luns"]
     assert lun["name"] == "lun0" and lun["inflight_at_cut"] == 0
@@ -312,11 +314,11 @@ def test_preserve_json(daemon: Daemon, state_dir: Path, capsys) -> None:
     assert lun["preserved"]["state"] in ("draining", "frozen")
     assert lun["live"]["generation"] == 1 and lun["live"]["state"] == "live"
     assert lun["live"]["path"] == str(lun_dir / "vol-000001.img")
-    assert lun["live"]["cut_id"] == 1 and lun["live"]["cut"] == result["seq"]
+    assert lun["live"]["preserve"] == {"id": 1, "seq": result["seq"], "time": result["time"]}
     assert (lun_dir / "vol-000001.img").exists()
     status = run_json(capsys, state_dir, "status", "lun0")
-    assert status["luns"][0]["last_cut"] == {"cut": 1, "seq": result["seq"],
-                                             "time": result["time"]}
+    assert status["luns"][0]["last_preserve"] == {"id": 1, "seq": result["seq"],
+                                                  "time": result["time"]}
     assert status["luns"][0]["volumes"] == 2
 
 
@@ -324,7 +326,7 @@ def test_preserve_human(daemon: Daemon, state_dir: Path, capsys) -> None:
     code, out, _ = run_cli(capsys, "--state-dir", str(state_dir), "preserve", "lun0")
     assert code == 0
     lun_dir = state_dir / "luns" / "lun0"
-    assert re.match(r"preserve 1: cut at seq \d+ \(\S+\)\n", out)
+    assert re.match(r"preserve 1 at seq \d+ \(\S+\)\n", out)
     assert f"lun0: preserved {lun_dir / 'vol-000000.img'}" in out
     assert f"live {lun_dir / 'vol-000001.img'}" in out
 
@@ -335,10 +337,10 @@ def test_preserve_wait_returns_with_the_volume_frozen(daemon: Daemon, state_dir:
     assert result["luns"][0]["preserved"]["state"] == "frozen"
     volumes = run_json(capsys, state_dir, "volumes", "lun0")
     assert [(v["generation"], v["state"]) for v in volumes] == [(0, "frozen"), (1, "live")]
-    assert volumes[1]["cut_id"] == result["cut"]
+    assert volumes[1]["preserve"]["id"] == result["id"]
     # a second preserve stacks on the first
     again = run_json(capsys, state_dir, "preserve", "lun0", "--wait")
-    assert again["cut"] == result["cut"] + 1 and again["seq"] >= result["seq"]
+    assert again["id"] == result["id"] + 1 and again["seq"] >= result["seq"]
     assert again["luns"][0]["preserved"]["generation"] == 1
     assert again["luns"][0]["preserved"]["state"] == "frozen"
     assert again["luns"][0]["live"]["generation"] == 2
@@ -449,11 +451,12 @@ def test_render_locks_table() -> None:
 
 def test_render_volumes_table_flags_damage_and_hydration() -> None:
     out = cli._render("volumes", [
-        {"generation": 0, "state": "frozen", "cut": None, "clone": None, "hydrated": None,
+        {"generation": 0, "state": "frozen", "preserve": None, "clone": None, "hydrated": None,
          "damaged": False, "path": "/s/vol-000000.img"},
-        {"generation": 1, "state": "live", "cut": 42, "clone": "lazy", "hydrated": 0.5,
-         "damaged": True, "path": "/s/vol-000001.img"},
+        {"generation": 1, "state": "live", "preserve": {"id": 3, "seq": 42, "time": "t1"},
+         "clone": "lazy", "hydrated": 0.5, "damaged": True, "path": "/s/vol-000001.img"},
     ])
     lines = out.splitlines()
-    assert lines[1].split() == ["0", "frozen", "-", "-", "-", "/s/vol-000000.img"]
-    assert lines[2].split() == ["1", "live", "DAMAGED", "42", "lazy", "50%", "/s/vol-000001.img"]
+    assert lines[1].split() == ["0", "frozen", "-", "-", "-", "-", "-", "/s/vol-000000.img"]
+    assert lines[2].split() == ["1", "live", "DAMAGED", "3", "42", "t1", "lazy", "50%",
+                                "/s/vol-000001.img"]

@@ -1,6 +1,6 @@
-"""The daemon's configuration strings (daemon.py): sizes, --lun, --portal, config_from.
+"""The daemon's configuration strings (options.py): sizes, --lun, --portal, config_from.
 
-Bad input of any kind gets a UserError whose message names the field (DESIGN.md
+Bad input of any kind gets a UserError whose message names the field (docs/design.md
 section 6), never a traceback.
 """
 
@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 
 from targetcli_preserve._errors import UserError
-from targetcli_preserve.daemon import (
+from targetcli_preserve.options import (
     DEFAULT_IQN,
     Config,
     LunSpec,
     add_serve_arguments,
     config_from,
-    default_state_dir,
     parse_lun,
     parse_portal,
     parse_size,
 )
+from targetcli_preserve.statedir import default_state_dir
 
 K, M, G, T = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
@@ -40,6 +40,12 @@ K, M, G, T = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 ])
 def test_parse_size_accepts(text: str, size: int) -> None:
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["8388608T", "9000000T", str(1 << 63), "99999999999999T"])
+def test_parse_size_refuses_what_no_file_can_be(text: str) -> None:
+    with pytest.raises(UserError, match="must be under 8 EiB"):
+        parse_size(text)
 
 
 @pytest.mark.parametrize("text", ["0", "0K", "0G", "1000", "513", "1", "511", "100B"])

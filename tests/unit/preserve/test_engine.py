@@ -1,4 +1,4 @@
-"""The preserve engine, rule by rule (DESIGN.md section 2), with hand-written event
+"""The preserve engine, rule by rule (docs/design.md section 2), with hand-written event
 sequences. The exhaustive check is tests/property/test_engine_model.py."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Durability of volumes and lazy clones without fsync on the hot path (DESIGN.md 3, 8).
+"""Durability of volumes and lazy clones without fsync on the hot path (docs/design.md 3, 8).
 
 - A process crash (the page cache survives) never loses a bit set by a write that
   returned: open_volume in the same boot uses the volatile bitmap.

@@ -1,4 +1,4 @@
-"""Sparse copies of lazy clones: only the source's data extents are read (DESIGN.md 3).
+"""Sparse copies of lazy clones: only the source's data extents are read (docs/design.md 3).
 
 A first write to an unhydrated chunk copies the rest of the chunk from the source, on
 the latency path of the first post-cut write. Reading a hole of the source fills the

@@ -1,4 +1,4 @@
-"""Lazy clones on a filesystem without reflink (DESIGN.md rule 3)."""
+"""Lazy clones on a filesystem without reflink (docs/design.md rule 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lazy clones against a naive model, with hypothesis (DESIGN.md rules 3, 4 and 8).
+"""Lazy clones against a naive model, with hypothesis (docs/design.md rules 3, 4 and 8).
 
 Model: at the cut the clone equals the source. Afterwards
 - a *pre-cut* write goes to the source and, replicated by the engine, to the clone
