@@ -155,7 +155,7 @@ class Daemon:
                       "preserve was " + ("durable" if cut.committed else "committed")}
             journal.append(record)
             catalog.apply(record)
-            log.warning("rolled back preserve %d (T=%d): %s", cut.id, cut.seq, record["error"])
+            log.warning("rolled back preserve %d at seq %d: %s", cut.id, cut.seq, record["error"])
         for name, index in catalog.generations_to_freeze():  # its pre-cut commands ended
             record = {"op": "freeze", "lun": name, "gen": index}
             journal.append(record)

@@ -23,8 +23,8 @@ IQN = "iqn.2026-11.org.targetcli-preserve:default"
 
 def readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    block = re.match(r"```sh\n(.*?)```", text, re.S)
-    assert block, "the README must open with a sh code block"
+    block = re.match(r"# targetcli-preserve\n\n```sh\n(.*?)```", text, re.S)
+    assert block, "the README must open with its title, then a sh code block"
     return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
 
 
