@@ -100,10 +100,12 @@ def main() -> None:
     lines = [
         f"Cut latency, preserve to first post-cut write acknowledged ({args.samples} samples)",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, kernel "
-        f"{os.uname().release}, by `bench/cut_latency.py`: the daemon's stack in one process, "
-        "a settled LUN with 256 x 64 KiB of scattered data; lazy on the machine's ext4, "
-        "reflink on an XFS loop image. Goal: under 1 ms, 64/1 ratio under 1.5.",
+        (
+            f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, kernel "
+            f"{os.uname().release}, by `bench/cut_latency.py`: the daemon's stack in one "
+            "process, a settled LUN with 256 x 64 KiB of scattered data; lazy on the machine's "
+            "ext4, reflink on an XFS loop image. Goal: under 1 ms, 64/1 ratio under 1.5."
+        ),
         "",
         "| clone | LUN size | median | p90 | max |",
         "| --- | --- | --- | --- | --- |",
@@ -112,8 +114,10 @@ def main() -> None:
         if p90 is None:
             lines.append(f"| {strategy} | **{label}** | **{med:.2f}** | | |")
         else:
-            lines.append(f"| {strategy} | {label} | {med * 1e3:.3f} ms | {p90 * 1e3:.3f} ms "
-                         f"| {worst * 1e3:.3f} ms |")
+            lines.append(
+                f"| {strategy} | {label} | {med * 1e3:.3f} ms | {p90 * 1e3:.3f} ms "
+                f"| {worst * 1e3:.3f} ms |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:

@@ -121,13 +121,21 @@ class Catalog:
         if op == "lun":
             number = record.get("number")  # absent in journals from before LUN numbers
             self.luns[record["name"]] = LunRecord(
-                record["name"], record["size"], record["block_size"], record["wwn"],
+                record["name"],
+                record["size"],
+                record["block_size"],
+                record["wwn"],
                 self.free_lun_number() if number is None else number,
                 [GenerationRecord(0, 0, None, VolumeState.LIVE, record.get("time"))],
             )
         elif op == "cut":
-            cut = CutRecord(record["cut"], record["seq"], record["time"], dict(record["luns"]),
-                            record.get("boot"))
+            cut = CutRecord(
+                record["cut"],
+                record["seq"],
+                record["time"],
+                dict(record["luns"]),
+                record.get("boot"),
+            )
             self.cuts[cut.id] = cut
             for name, index in cut.luns.items():
                 self.luns[name].generations.append(

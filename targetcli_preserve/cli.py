@@ -36,30 +36,47 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", default=argparse.SUPPRESS,
-                        help="the daemon's state directory (default: the user data dir)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print the result as JSON, for scripts")
+    common.add_argument(
+        "--state-dir",
+        default=argparse.SUPPRESS,
+        help="the daemon's state directory (default: the user data dir)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the result as JSON, for scripts",
+    )
     parser = argparse.ArgumentParser(
-        prog="targetcli-preserve", parents=[common],
+        prog="targetcli-preserve",
+        parents=[common],
         description="Point-in-time copies of live iSCSI LUNs, with no I/O pause.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = sub.add_parser("serve", parents=[common], help="run the daemon and target in the foreground")
+    serve = sub.add_parser(
+        "serve", parents=[common], help="run the daemon and target in the foreground"
+    )
     add_serve_arguments(serve)
-    p = sub.add_parser("preserve", parents=[common],
-                       help="cut LUNs now: one consistent point in time for all of them")
+    p = sub.add_parser(
+        "preserve",
+        parents=[common],
+        help="cut LUNs now: one consistent point in time for all of them",
+    )
     p.add_argument("luns", nargs="+", metavar="LUN")
-    p.add_argument("--wait", action="store_true",
-                   help="return only once the preserved volumes are drained and frozen")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="return only once the preserved volumes are drained and frozen",
+    )
     p = sub.add_parser("status", parents=[common], help="the daemon and its LUNs")
     p.add_argument("lun", nargs="?", metavar="LUN")
     p = sub.add_parser("volumes", parents=[common], help="every volume of a LUN and its state")
     p.add_argument("lun", metavar="LUN")
     sub.add_parser("locks", parents=[common], help="the lock table now")
-    sub.add_parser("luns", parents=[common],
-                   help="every LUN of the state directory: number, size, WWN, served")
+    sub.add_parser(
+        "luns", parents=[common], help="every LUN of the state directory: number, size, WWN, served"
+    )
     return parser
 
 
@@ -91,8 +108,13 @@ def _run(args: argparse.Namespace) -> Any:
     check_state_dir(state_dir)
     socket_path = state_dir / "control.sock"
     if args.command == "preserve":
-        return control.call(socket_path, "preserve", luns=args.luns, wait=args.wait,
-                            timeout=None if args.wait else 60.0)
+        return control.call(
+            socket_path,
+            "preserve",
+            luns=args.luns,
+            wait=args.wait,
+            timeout=None if args.wait else 60.0,
+        )
     if args.command in ("status", "volumes"):
         kwargs = {"lun": args.lun} if args.lun is not None else {}
         return control.call(socket_path, args.command, **kwargs)
@@ -132,45 +154,79 @@ def _render(command: str, result: Any) -> str:
         lines = [f"preserve {_preserve_text(result)}"]
         for lun in result["luns"]:
             kept, live = lun["preserved"], lun["live"]
-            lines.append(f"  {lun['name']}: preserved {kept['path']} ({kept['state']}), "
-                         f"live {live['path']}")
+            lines.append(
+                f"  {lun['name']}: preserved {kept['path']} ({kept['state']}), live {live['path']}"
+            )
         return "\n".join(lines) + "\n"
     if command == "status":
-        lines = [f"target {result['target']} on {result['portal']}",
-                 f"state {result['state_dir']}, next seq {result['next_seq']}"]
+        lines = [
+            f"target {result['target']} on {result['portal']}",
+            f"state {result['state_dir']}, next seq {result['next_seq']}",
+        ]
         rows = [("LUN", "NAME", "SIZE", "LIVE VOLUME", "IN FLIGHT", "VOLUMES", "LAST PRESERVE")]
         for lun in result["luns"]:
             last = lun["last_preserve"]
-            rows.append((str(lun["lun"]), lun["name"], str(lun["size"]), lun["live"]["path"],
-                         str(lun["inflight"]), str(lun["volumes"]),
-                         _preserve_text(last) if last else "-"))
+            rows.append(
+                (
+                    str(lun["lun"]),
+                    lun["name"],
+                    str(lun["size"]),
+                    lun["live"]["path"],
+                    str(lun["inflight"]),
+                    str(lun["volumes"]),
+                    _preserve_text(last) if last else "-",
+                )
+            )
         return "\n".join(lines) + "\n" + _table(rows)
     if command == "volumes":
         rows = [("GEN", "STATE", "PRESERVE", "SEQ", "TIME", "CLONE", "HYDRATED", "PATH")]
         for vol in result:
             hydrated, made_by = vol["hydrated"], vol["preserve"]
-            rows.append((str(vol["generation"]), vol["state"] + (" DAMAGED" if vol["damaged"] else ""),
-                         "-" if made_by is None else str(made_by["id"]),
-                         "-" if made_by is None else str(made_by["seq"]),
-                         "-" if made_by is None else made_by["time"],
-                         vol["clone"] or "-",
-                         "-" if hydrated is None else f"{hydrated:.0%}", vol["path"]))
+            rows.append(
+                (
+                    str(vol["generation"]),
+                    vol["state"] + (" DAMAGED" if vol["damaged"] else ""),
+                    "-" if made_by is None else str(made_by["id"]),
+                    "-" if made_by is None else str(made_by["seq"]),
+                    "-" if made_by is None else made_by["time"],
+                    vol["clone"] or "-",
+                    "-" if hydrated is None else f"{hydrated:.0%}",
+                    vol["path"],
+                )
+            )
         return _table(rows)
     if command == "locks":
         if not result:
             return "no locks held\n"
         rows = [("LUN", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS")]
         for lock in result:
-            rows.append((lock["lun"], str(lock["seq"]), str(lock["lba"]), str(lock["blocks"]),
-                         lock["state"], "yes" if lock["pre_cut"] else "no", str(lock["waiters"])))
+            rows.append(
+                (
+                    lock["lun"],
+                    str(lock["seq"]),
+                    str(lock["lba"]),
+                    str(lock["blocks"]),
+                    lock["state"],
+                    "yes" if lock["pre_cut"] else "no",
+                    str(lock["waiters"]),
+                )
+            )
         return _table(rows)
     if command == "luns":
         if not result:
             return "no LUNs\n"
         rows = [("LUN", "NAME", "SIZE", "WWN", "VOLUMES", "SERVED")]
         for lun in result:
-            rows.append((str(lun["lun"]), lun["name"], str(lun["size"]), lun["wwn"],
-                         str(lun["volumes"]), "yes" if lun["served"] else "no"))
+            rows.append(
+                (
+                    str(lun["lun"]),
+                    lun["name"],
+                    str(lun["size"]),
+                    lun["wwn"],
+                    str(lun["volumes"]),
+                    "yes" if lun["served"] else "no",
+                )
+            )
         return _table(rows)
     return json.dumps(result, indent=2) + "\n"
 

@@ -28,6 +28,7 @@ from ._errors import BackendError, PreserveError, ProtocolError, UserError
 
 log = logging.getLogger(__name__)
 
+
 class DaemonUnreachable(UserError):
     """No daemon listens on the control socket of this state directory."""
 
@@ -176,5 +177,7 @@ def call(path: Path, command: str, timeout: float | None = 60.0, **args: Any) ->
         raise ProtocolError("the daemon sent a malformed reply") from err
     if reply.get("ok"):
         return reply.get("result")
-    kind = {"UserError": UserError, "BackendError": BackendError}.get(reply.get("kind"), PreserveError)
+    kind = {"UserError": UserError, "BackendError": BackendError}.get(
+        reply.get("kind"), PreserveError
+    )
     raise kind(reply.get("error", "unknown error"))

@@ -74,7 +74,9 @@ class Daemon:
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as err:
-            raise UserError(f"cannot create state directory {cfg.state_dir}: {err.strerror}") from err
+            raise UserError(
+                f"cannot create state directory {cfg.state_dir}: {err.strerror}"
+            ) from err
         self._lock_state_dir()
         journal_path = cfg.state_dir / "journal"
         catalog = replay(cfg.state_dir, Journal.read(journal_path))
@@ -108,13 +110,15 @@ class Daemon:
         for spec in cfg.luns:
             self.datapath.prepare_standby(spec.name)
         self.lun_numbers = {spec.name: catalog.luns[spec.name].number for spec in cfg.luns}
-        self.target = ScsiTarget({
-            number: LogicalUnit(
-                self.datapath.store(name),
-                LuIdentity(name=name, wwn=uuid.UUID(catalog.luns[name].wwn)),
-            )
-            for name, number in self.lun_numbers.items()
-        })
+        self.target = ScsiTarget(
+            {
+                number: LogicalUnit(
+                    self.datapath.store(name),
+                    LuIdentity(name=name, wwn=uuid.UUID(catalog.luns[name].wwn)),
+                )
+                for name, number in self.lun_numbers.items()
+            }
+        )
         self.server.targets[cfg.iqn] = self.target
         self.control = ControlServer(cfg.state_dir / "control.sock", self._handlers())
         await self.control.start()
@@ -151,8 +155,12 @@ class Daemon:
         for cut in catalog.cuts_to_roll_back(current_boot()):  # V stays (or is again) live
             for name, index in cut.luns.items():
                 await remove_volume(catalog.volume_path(name, index))
-            record = {"op": "abort", "cut": cut.id, "error": "the daemon stopped before the "
-                      "preserve was " + ("durable" if cut.committed else "committed")}
+            record = {
+                "op": "abort",
+                "cut": cut.id,
+                "error": "the daemon stopped before the "
+                "preserve was " + ("durable" if cut.committed else "committed"),
+            }
             journal.append(record)
             catalog.apply(record)
             log.warning("rolled back preserve %d at seq %d: %s", cut.id, cut.seq, record["error"])
@@ -176,8 +184,12 @@ class Daemon:
         vol = await create_volume(path, spec.size)
         await vol.close()
         record = {
-            "op": "lun", "name": spec.name, "size": spec.size, "block_size": BLOCK_SIZE,
-            "wwn": str(uuid.uuid4()), "number": catalog.free_lun_number(),
+            "op": "lun",
+            "name": spec.name,
+            "size": spec.size,
+            "block_size": BLOCK_SIZE,
+            "wwn": str(uuid.uuid4()),
+            "number": catalog.free_lun_number(),
         }
         try:
             journal.append(record)
@@ -209,9 +221,9 @@ class Daemon:
         cut = await self.datapath.preserve(names)
         await self.datapath.durable(cut)  # the admin's preserve survives a power loss
         if wait:
-            await asyncio.gather(*(
-                self.datapath.wait_frozen(n, cut.new_generation[n] - 1) for n in cut.luns
-            ))
+            await asyncio.gather(
+                *(self.datapath.wait_frozen(n, cut.new_generation[n] - 1) for n in cut.luns)
+            )
         return {
             **preserve_info(self.catalog.cuts[cut.id]),
             "luns": [
@@ -276,10 +288,13 @@ class Daemon:
     async def cmd_locks(self) -> list[dict[str, Any]]:
         return [
             {
-                "lun": lock.lun, "seq": lock.seq, "lba": lock.start,
+                "lun": lock.lun,
+                "seq": lock.seq,
+                "lba": lock.start,
                 "blocks": lock.end - lock.start,
                 "state": "held" if lock.held else "waiting",
-                "pre_cut": lock.pre_cut, "waiters": lock.waiters,
+                "pre_cut": lock.pre_cut,
+                "waiters": lock.waiters,
             }
             for lock in self.engine.locks()
         ]
@@ -309,8 +324,7 @@ async def serve(config: Config, out=sys.stdout) -> None:
         loop.add_signal_handler(sig, stop.set)
     await daemon.start()
     try:
-        print(f"target {config.iqn} on {format_portal(config.host, daemon.server.port)}",
-              file=out)
+        print(f"target {config.iqn} on {format_portal(config.host, daemon.server.port)}", file=out)
         for name, number in sorted(daemon.lun_numbers.items(), key=lambda item: item[1]):
             record = daemon.catalog.luns[name]
             live = daemon.catalog.volume_path(name, record.live.index)

@@ -25,8 +25,17 @@ from ._errors import BackendError, PreserveError
 from .catalog import Catalog
 from .journal import Journal, current_boot
 from .preserve import (
-    Action, Clone, Command, Complete, Cut, Discard, Engine, Freeze, Op,
-    Start, VolumeState,
+    Action,
+    Clone,
+    Command,
+    Complete,
+    Cut,
+    Discard,
+    Engine,
+    Freeze,
+    Op,
+    Start,
+    VolumeState,
 )
 from .volumes import LazyVolume, Volume, clone_volume, remove_volume
 
@@ -46,8 +55,13 @@ class _Pending:
 class Datapath:
     """Owns the engine, the open volumes and the journal of one daemon."""
 
-    def __init__(self, engine: Engine, catalog: Catalog, journal: Journal,
-                 volumes: dict[tuple[str, int], Volume]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: Catalog,
+        journal: Journal,
+        volumes: dict[tuple[str, int], Volume],
+    ) -> None:
         self.engine = engine
         self.catalog = catalog
         self.journal = journal
@@ -67,8 +81,15 @@ class Datapath:
 
     # ---- commands ----------------------------------------------------------------
 
-    def submit(self, lun: str, op: Op, start: int, end: int,
-               payload: bytes | Awaitable[bytes] | None = None, fua: bool = False) -> asyncio.Future:
+    def submit(
+        self,
+        lun: str,
+        op: Op,
+        start: int,
+        end: int,
+        payload: bytes | Awaitable[bytes] | None = None,
+        fua: bool = False,
+    ) -> asyncio.Future:
         """Intake (fixes the seq now) and return a future for the command's result."""
         loop = asyncio.get_running_loop()
         if payload is not None and not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -133,7 +154,9 @@ class Datapath:
             error = _describe(err)
         self._run(self.engine.io_done(cmd, generations, error))
 
-    async def _write_generation(self, cmd: Command, generation: int, data: bytes, fua: bool) -> None:
+    async def _write_generation(
+        self, cmd: Command, generation: int, data: bytes, fua: bool
+    ) -> None:
         error = None
         try:
             vol = self.volumes[(cmd.lun, generation)]
@@ -171,7 +194,11 @@ class Datapath:
         background (see catalog.py for what a restart keeps)."""
         cut, clones = self.engine.cut(luns)
         record = {
-            "op": "cut", "cut": cut.id, "seq": cut.seq, "time": _now(), "boot": self._boot,
+            "op": "cut",
+            "cut": cut.id,
+            "seq": cut.seq,
+            "time": _now(),
+            "boot": self._boot,
             "luns": dict(cut.new_generation),
         }
         try:
@@ -370,7 +397,7 @@ class Datapath:
 class LunStore:
     """The BlockStore of one LUN (see scsi/store.py): SCSI calls become engine commands."""
 
-    __slots__ = ("_path", "lun", "block_size", "num_blocks")
+    __slots__ = ("_path", "block_size", "lun", "num_blocks")
 
     def __init__(self, path: Datapath, lun: str, block_size: int, num_blocks: int) -> None:
         self._path = path
@@ -397,8 +424,7 @@ async def _gather(coros) -> None:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
 def _describe(err: BaseException) -> str:

@@ -65,11 +65,19 @@ def parse_portal(text: str) -> tuple[str, int]:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--portal", default=f"{DEFAULT_PORTAL[0]}:{DEFAULT_PORTAL[1]}",
-                        help="address to listen on, HOST:PORT (default %(default)s)")
-    parser.add_argument("--lun", action="append", default=[], metavar="NAME:SIZE",
-                        help="serve LUN NAME of SIZE bytes (K/M/G/T suffixes); repeatable; "
-                             "default lun0:1G; an existing LUN is reused")
+    parser.add_argument(
+        "--portal",
+        default=f"{DEFAULT_PORTAL[0]}:{DEFAULT_PORTAL[1]}",
+        help="address to listen on, HOST:PORT (default %(default)s)",
+    )
+    parser.add_argument(
+        "--lun",
+        action="append",
+        default=[],
+        metavar="NAME:SIZE",
+        help="serve LUN NAME of SIZE bytes (K/M/G/T suffixes); repeatable; "
+        "default lun0:1G; an existing LUN is reused",
+    )
     parser.add_argument("--iqn", default=DEFAULT_IQN, help="target name (default %(default)s)")
 
 

@@ -24,8 +24,12 @@ def lun_list(catalog: Catalog, served: set[str]) -> list[dict[str, Any]]:
     """Every LUN of a state directory, by LUN number."""
     return [
         {
-            "lun": lun.number, "name": lun.name, "size": lun.size,
-            "block_size": lun.block_size, "wwn": lun.wwn, "served": lun.name in served,
+            "lun": lun.number,
+            "name": lun.name,
+            "size": lun.size,
+            "block_size": lun.block_size,
+            "wwn": lun.wwn,
+            "served": lun.name in served,
             "volumes": len(lun.generations),
         }
         for lun in sorted(catalog.luns.values(), key=lambda lun: lun.number)

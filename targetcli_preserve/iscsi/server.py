@@ -310,8 +310,11 @@ class IscsiServer:
         self._loop = asyncio.get_running_loop()
         try:
             self._server = await self._loop.create_server(
-                lambda: _IscsiProtocol(self), self.host, self._requested_port,
-                reuse_address=True, start_serving=False,
+                lambda: _IscsiProtocol(self),
+                self.host,
+                self._requested_port,
+                reuse_address=True,
+                start_serving=False,
             )
         except OSError as err:
             raise PreserveError(

@@ -23,6 +23,20 @@ from .engine import (
 from .locks import LockTable
 
 __all__ = [
-    "Action", "Clone", "Command", "Commit", "Complete", "Cut", "CutState", "Discard",
-    "Engine", "Freeze", "Generation", "LockInfo", "LockTable", "Op", "Start", "VolumeState",
+    "Action",
+    "Clone",
+    "Command",
+    "Commit",
+    "Complete",
+    "Cut",
+    "CutState",
+    "Discard",
+    "Engine",
+    "Freeze",
+    "Generation",
+    "LockInfo",
+    "LockTable",
+    "Op",
+    "Start",
+    "VolumeState",
 ]

@@ -168,7 +168,7 @@ class LockInfo:
 
 
 class _Lun:
-    __slots__ = ("name", "generations", "locks", "inflight", "commands")
+    __slots__ = ("commands", "generations", "inflight", "locks", "name")
 
     def __init__(self, name: str, generations: list[Generation]) -> None:
         self.name = name
@@ -236,8 +236,13 @@ class Engine:
             for cmd in lun.locks:
                 out.append(
                     LockInfo(
-                        lun.name, cmd.seq, cmd.start, cmd.end, cmd.blockers == 0,
-                        cmd.seq < newest_cut, len(cmd.waiters),
+                        lun.name,
+                        cmd.seq,
+                        cmd.start,
+                        cmd.end,
+                        cmd.blockers == 0,
+                        cmd.seq < newest_cut,
+                        len(cmd.waiters),
                     )
                 )
         return out
@@ -250,7 +255,9 @@ class Engine:
 
     # ---- events --------------------------------------------------------------
 
-    def submit(self, lun_name: str, op: Op, start: int = 0, end: int = 0) -> tuple[Command, list[Action]]:
+    def submit(
+        self, lun_name: str, op: Op, start: int = 0, end: int = 0
+    ) -> tuple[Command, list[Action]]:
         """Command intake: fix the command's seq (rule 1) and start it if it may."""
         lun = self._lun(lun_name)
         newest = lun.newest
@@ -263,7 +270,9 @@ class Engine:
             self._step(lun, cmd, actions)
         return cmd, actions
 
-    def io_done(self, cmd: Command, generations: Iterable[int], error: str | None = None) -> list[Action]:
+    def io_done(
+        self, cmd: Command, generations: Iterable[int], error: str | None = None
+    ) -> list[Action]:
         """The driver finished ``cmd``'s I/O on ``generations`` (``error`` if it failed)."""
         lun = self._luns[cmd.lun]
         actions: list[Action] = []
@@ -335,8 +344,10 @@ class Engine:
         """The driver journalled the clones: post-cut commands may run, replication
         into the clone may start, and drained generations freeze."""
         if cut.state is not CutState.CLONING or cut.pending_clones:
-            raise RuntimeError(f"cut {cut.id} cannot commit: it is {cut.state.value}"
-                               f"{' with clones pending' if cut.pending_clones else ''}")
+            raise RuntimeError(
+                f"cut {cut.id} cannot commit: it is {cut.state.value}"
+                f"{' with clones pending' if cut.pending_clones else ''}"
+            )
         cut.state = CutState.COMMITTED
         actions: list[Action] = []
         for name in cut.luns:

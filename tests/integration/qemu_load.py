@@ -55,8 +55,12 @@ class QemuIo:
 
     def __init__(self, url: str) -> None:
         self.proc = subprocess.Popen(
-            ["stdbuf", "-oL", "qemu-io", "-f", "raw", url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
+            ["stdbuf", "-oL", "qemu-io", "-f", "raw", url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         self.lines: list[str] = []
         self.sent = 0  # commands handed to qemu-io so far
@@ -96,8 +100,7 @@ class QemuIo:
         """(offset, length) of every write qemu-io saw complete."""
         with self._lock:
             lines = list(self.lines)
-        return [(int(m.group(3)), int(m.group(1))) for line in lines
-                if (m := _WROTE.search(line))]
+        return [(int(m.group(3)), int(m.group(1))) for line in lines if (m := _WROTE.search(line))]
 
     def wait_acknowledged(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

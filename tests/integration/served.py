@@ -38,12 +38,25 @@ class Served:
         self.output: list[str] = []
 
     def start(self, timeout: float = 30.0) -> Served:
-        args = [sys.executable, "-m", "targetcli_preserve.cli", "--state-dir", str(self.state_dir),
-                "serve", "--portal", f"127.0.0.1:{self.port}"]
+        args = [
+            sys.executable,
+            "-m",
+            "targetcli_preserve.cli",
+            "--state-dir",
+            str(self.state_dir),
+            "serve",
+            "--portal",
+            f"127.0.0.1:{self.port}",
+        ]
         for lun in self.luns:
             args += ["--lun", lun]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
@@ -74,8 +87,18 @@ class Served:
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "targetcli_preserve.cli", "--state-dir", str(self.state_dir),
-             *args], capture_output=True, text=True, timeout=timeout,
+            [
+                sys.executable,
+                "-m",
+                "targetcli_preserve.cli",
+                "--state-dir",
+                str(self.state_dir),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def json(self, *args: str, timeout: float = 60.0):
@@ -111,6 +134,10 @@ class Served:
 
 def qemu_img_read(url: str, out: Path, timeout: float = 120.0) -> bytes:
     """The whole LUN as an initiator sees it, read over iSCSI by qemu-img."""
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(out)],
-                   check=True, capture_output=True, timeout=timeout)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(out)],
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
     return out.read_bytes()

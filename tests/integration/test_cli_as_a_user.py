@@ -36,8 +36,15 @@ def short_dir():
 
 
 def run(argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, cwd="/")
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd="/",
+        check=False,
+    )
 
 
 def one_line_error(done: subprocess.CompletedProcess, prog: str = "targetcli-preserve") -> str:
@@ -60,16 +67,23 @@ def as_nobody(tmp_path_factory):
     where = Path(tempfile.mkdtemp(prefix="tcp-nobody-"))
     os.chmod(where, 0o755)
     package = Path(__file__).resolve().parents[2] / "targetcli_preserve"
-    shutil.copytree(package, where / "targetcli_preserve",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        package, where / "targetcli_preserve", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for path in where.rglob("*"):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
     def run_as_nobody(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [python, "-m", "targetcli_preserve.cli", *args], capture_output=True, text=True,
-            timeout=60, user=NOBODY, stdin=subprocess.DEVNULL, cwd="/",
+            [python, "-m", "targetcli_preserve.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            user=NOBODY,
+            stdin=subprocess.DEVNULL,
+            cwd="/",
             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(where), "HOME": "/nonexistent"},
+            check=False,
         )
 
     yield run_as_nobody
@@ -79,8 +93,9 @@ def as_nobody(tmp_path_factory):
 # ---- --version ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv,prog", [(CLI, "targetcli-preserve"),
-                                       (DAEMON, "targetcli-preserved")])
+@pytest.mark.parametrize(
+    "argv,prog", [(CLI, "targetcli-preserve"), (DAEMON, "targetcli-preserved")]
+)
 def test_version(argv: list[str], prog: str) -> None:
     done = run([*argv, "--version"])
     assert done.returncode == 0
@@ -104,8 +119,8 @@ def test_json_status_piped_into_head(short_dir: Path) -> None:
     try:
         cli = " ".join(CLI)
         for command in ("--json status", "--json luns", "luns", "--json volumes lun0"):
-            done = run(["bash", "-c", f"set -o pipefail; {cli} --state-dir {served.state_dir} "
-                                      f"{command} | head -1; echo \"exit $?\" >&2"])
+            pipeline = f"{cli} --state-dir {served.state_dir} {command} | head -1"
+            done = run(["bash", "-c", f'set -o pipefail; {pipeline}; echo "exit $?" >&2'])
             whole = served.cli(*command.split()).stdout
             assert done.stdout == whole.splitlines(keepends=True)[0]
             assert done.stderr == "exit 0\n", (command, done.stderr)
@@ -117,9 +132,12 @@ def test_stdout_closed_before_the_first_write_is_not_an_error(short_dir: Path) -
     served = Served(short_dir / "state", ["lun0:4M"]).start()
     try:
         for command in (["--json", "status"], ["status"], ["--json", "locks"]):
-            proc = subprocess.Popen([*CLI, "--state-dir", str(served.state_dir), *command],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [*CLI, "--state-dir", str(served.state_dir), *command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+            )
             proc.stdout.close()  # the reader is gone before the interpreter has started
             err = proc.stderr.read().decode()
             assert proc.wait(60) == 0, err
@@ -142,10 +160,14 @@ def test_a_state_dir_that_is_a_file(short_dir: Path, command: list[str]) -> None
     assert (done.returncode, json.loads(done.stdout)["kind"]) == (2, "UserError")
 
 
-@pytest.mark.parametrize("argv,prog", [([*CLI, "--state-dir", "{}", "serve"], "targetcli-preserve"),
-                                       ([*DAEMON, "--state-dir", "{}"], "targetcli-preserved")])
-def test_serve_on_a_state_dir_that_is_a_file(short_dir: Path, argv: list[str],
-                                             prog: str) -> None:
+@pytest.mark.parametrize(
+    "argv,prog",
+    [
+        ([*CLI, "--state-dir", "{}", "serve"], "targetcli-preserve"),
+        ([*DAEMON, "--state-dir", "{}"], "targetcli-preserved"),
+    ],
+)
+def test_serve_on_a_state_dir_that_is_a_file(short_dir: Path, argv: list[str], prog: str) -> None:
     afile = short_dir / "afile"
     afile.write_text("")
     done = run([a.replace("{}", str(afile)) for a in argv] + ["--portal", "127.0.0.1:0"])
@@ -163,8 +185,10 @@ def test_a_state_dir_under_a_file(short_dir: Path) -> None:
 
 def test_a_state_dir_too_long_for_a_control_socket(short_dir: Path) -> None:
     deep = short_dir / ("d" * 120)
-    for argv in ([*CLI, "--state-dir", str(deep), "status"],
-                 [*CLI, "--state-dir", str(deep), "serve", "--portal", "127.0.0.1:0"]):
+    for argv in (
+        [*CLI, "--state-dir", str(deep), "status"],
+        [*CLI, "--state-dir", str(deep), "serve", "--portal", "127.0.0.1:0"],
+    ):
         done = run(argv)
         assert done.returncode == 2
         assert "too long" in one_line_error(done)
@@ -213,13 +237,21 @@ def busy_port():
         yield busy.getsockname()[1]
 
 
-@pytest.mark.parametrize("argv,prog", [([*CLI, "--state-dir", "{}", "serve"], "targetcli-preserve"),
-                                       ([*DAEMON, "--state-dir", "{}"], "targetcli-preserved")])
-def test_serve_on_a_busy_portal_creates_nothing(short_dir: Path, busy_port: int,
-                                                argv: list[str], prog: str) -> None:
+@pytest.mark.parametrize(
+    "argv,prog",
+    [
+        ([*CLI, "--state-dir", "{}", "serve"], "targetcli-preserve"),
+        ([*DAEMON, "--state-dir", "{}"], "targetcli-preserved"),
+    ],
+)
+def test_serve_on_a_busy_portal_creates_nothing(
+    short_dir: Path, busy_port: int, argv: list[str], prog: str
+) -> None:
     state = short_dir / "new-state"
-    done = run([a.replace("{}", str(state)) for a in argv]
-               + ["--portal", f"127.0.0.1:{busy_port}", "--lun", "lun0:1G"])
+    done = run(
+        [a.replace("{}", str(state)) for a in argv]
+        + ["--portal", f"127.0.0.1:{busy_port}", "--lun", "lun0:1G"]
+    )
     assert done.returncode == 1
     assert one_line_error(done, prog) == (
         f"{prog}: cannot listen on 127.0.0.1:{busy_port}: Address already in use"
@@ -227,14 +259,27 @@ def test_serve_on_a_busy_portal_creates_nothing(short_dir: Path, busy_port: int,
     assert not state.exists()
 
 
-def test_serve_on_a_busy_portal_leaves_an_existing_state_dir_as_it_was(short_dir: Path,
-                                                                      busy_port: int) -> None:
+def test_serve_on_a_busy_portal_leaves_an_existing_state_dir_as_it_was(
+    short_dir: Path, busy_port: int
+) -> None:
     served = Served(short_dir / "state", ["a:4M"]).start()
     assert served.stop() == 0
     before = sorted(p.relative_to(served.state_dir) for p in served.state_dir.rglob("*"))
     journal = (served.state_dir / "journal").read_bytes()
-    done = run([*CLI, "--state-dir", str(served.state_dir), "serve",
-                "--portal", f"127.0.0.1:{busy_port}", "--lun", "a:4M", "--lun", "b:1G"])
+    done = run(
+        [
+            *CLI,
+            "--state-dir",
+            str(served.state_dir),
+            "serve",
+            "--portal",
+            f"127.0.0.1:{busy_port}",
+            "--lun",
+            "a:4M",
+            "--lun",
+            "b:1G",
+        ]
+    )
     assert done.returncode == 1
     assert (served.state_dir / "journal").read_bytes() == journal
     assert sorted(p.relative_to(served.state_dir) for p in served.state_dir.rglob("*")) == before
@@ -244,8 +289,20 @@ def test_a_wrong_size_creates_none_of_the_other_luns(short_dir: Path) -> None:
     served = Served(short_dir / "state", ["a:4M"]).start()
     assert served.stop() == 0
     journal = (served.state_dir / "journal").read_bytes()
-    done = run([*CLI, "--state-dir", str(served.state_dir), "serve", "--portal", "127.0.0.1:0",
-                "--lun", "new:4M", "--lun", "a:8M"])
+    done = run(
+        [
+            *CLI,
+            "--state-dir",
+            str(served.state_dir),
+            "serve",
+            "--portal",
+            "127.0.0.1:0",
+            "--lun",
+            "new:4M",
+            "--lun",
+            "a:8M",
+        ]
+    )
     assert done.returncode == 2
     assert one_line_error(done) == (
         "targetcli-preserve: LUN 'a' exists with size 4194304, not 8388608"
@@ -257,8 +314,18 @@ def test_a_wrong_size_creates_none_of_the_other_luns(short_dir: Path) -> None:
 def test_a_new_state_dir_is_removed_when_serve_fails_after_making_it(short_dir: Path) -> None:
     state = short_dir / "fresh"
     # the LUN does not fit: creating its volume fails after the state dir was made
-    done = run([*CLI, "--state-dir", str(state), "serve", "--portal", "127.0.0.1:0",
-                "--lun", "huge:8000000T"])
+    done = run(
+        [
+            *CLI,
+            "--state-dir",
+            str(state),
+            "serve",
+            "--portal",
+            "127.0.0.1:0",
+            "--lun",
+            "huge:8000000T",
+        ]
+    )
     if done.returncode == 0:
         pytest.skip(f"the file system of {short_dir} holds a 7.6 EiB sparse file")
     assert done.returncode == 1, done.stderr
@@ -266,11 +333,25 @@ def test_a_new_state_dir_is_removed_when_serve_fails_after_making_it(short_dir: 
     assert not state.exists()
 
 
-@pytest.mark.parametrize("argv,prog", [([*CLI, "serve"], "targetcli-preserve"),
-                                       ([*DAEMON], "targetcli-preserved")])
+@pytest.mark.parametrize(
+    "argv,prog", [([*CLI, "serve"], "targetcli-preserve"), ([*DAEMON], "targetcli-preserved")]
+)
 def test_a_lun_name_given_twice_is_named(short_dir: Path, argv: list[str], prog: str) -> None:
-    done = run([*argv, "--state-dir", str(short_dir / "s"), "--portal", "127.0.0.1:0",
-                "--lun", "db:1M", "--lun", "log:1M", "--lun", "db:2M"])
+    done = run(
+        [
+            *argv,
+            "--state-dir",
+            str(short_dir / "s"),
+            "--portal",
+            "127.0.0.1:0",
+            "--lun",
+            "db:1M",
+            "--lun",
+            "log:1M",
+            "--lun",
+            "db:2M",
+        ]
+    )
     assert done.returncode == 2
     assert one_line_error(done, prog) == f"{prog}: LUN name 'db' is given twice in --lun"
     assert not (short_dir / "s").exists()
@@ -288,8 +369,9 @@ def reported_luns(served: Served) -> list[int]:
     need("iscsi-ls")
     done = run(["iscsi-ls", "-s", f"iscsi://127.0.0.1:{served.port}"])
     assert done.returncode == 0, done.stderr
-    return sorted(int(line.split("Lun:")[1].split()[0]) for line in done.stdout.splitlines()
-                  if "Lun:" in line)
+    return sorted(
+        int(line.split("Lun:")[1].split()[0]) for line in done.stdout.splitlines() if "Lun:" in line
+    )
 
 
 def test_lun_numbers_survive_restarts_with_another_lun_list(short_dir: Path) -> None:
@@ -315,7 +397,11 @@ def test_lun_numbers_survive_restarts_with_another_lun_list(short_dir: Path) -> 
         assert reported_luns(served) == [1, 2, 3]
         listed = served.json("luns")
         assert [(lun["lun"], lun["name"], lun["served"]) for lun in listed] == [
-            (0, "a", False), (1, "b", True), (2, "c", True), (3, "d", True)]
+            (0, "a", False),
+            (1, "b", True),
+            (2, "c", True),
+            (3, "d", True),
+        ]
         assert all(lun["size"] == 4 << 20 and lun["volumes"] == 1 for lun in listed)
         assert {lun["name"]: lun["wwn"] for lun in listed}["b"] == wwn_b
         table = served.cli("luns").stdout.splitlines()
@@ -328,7 +414,11 @@ def test_lun_numbers_survive_restarts_with_another_lun_list(short_dir: Path) -> 
     done = run([*CLI, "--state-dir", str(state), "--json", "luns"])
     assert done.returncode == 0, done.stderr
     assert [(lun["lun"], lun["name"], lun["served"]) for lun in json.loads(done.stdout)] == [
-        (0, "a", False), (1, "b", False), (2, "c", False), (3, "d", False)]
+        (0, "a", False),
+        (1, "b", False),
+        (2, "c", False),
+        (3, "d", False),
+    ]
 
 
 def test_luns_of_a_state_dir_that_does_not_exist(short_dir: Path) -> None:

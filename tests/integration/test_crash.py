@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from qemu_load import QemuIo, Write
+from served import Served, need, qemu_img_read
 
 from targetcli_preserve._errors import PreserveError
-
-from served import Served, need, qemu_img_read
-from qemu_load import QemuIo, Write
 
 LUN_SIZE = 16 << 20
 SLOT = 65536
@@ -98,9 +97,11 @@ def test_sigkill_during_preserve(state_dir, clone_strategy, tmp_path, delay_ms):
         else:
             # The rolled-back clone is gone; the only other files are the standby lazy
             # clone the restarted daemon made afresh for the next cut.
-            leftovers = sorted(p.name for p in Path(vols[0]["path"]).parent.iterdir()
-                               if not p.name.startswith("vol-000000")
-                               and p.stat().st_mtime_ns < restarted_at)
+            leftovers = sorted(
+                p.name
+                for p in Path(vols[0]["path"]).parent.iterdir()
+                if not p.name.startswith("vol-000000") and p.stat().st_mtime_ns < restarted_at
+            )
             assert leftovers == [], f"a rolled-back clone left files: {leftovers}"
         print(f"delay {delay_ms} ms: {states}, {len(acked)} acked, {len(on_live)} on live")
     finally:

@@ -16,8 +16,8 @@ import pytest
 
 from targetcli_preserve._errors import BackendError, ProtocolError
 from targetcli_preserve.daemon import Daemon
-from targetcli_preserve.options import Config, LunSpec
 from targetcli_preserve.journal import Journal
+from targetcli_preserve.options import Config, LunSpec
 
 BS = 512
 SIZE = 8 << 20
@@ -25,8 +25,9 @@ SIZE = 8 << 20
 
 @pytest.fixture
 async def daemon(tmp_path):
-    daemon = Daemon(Config(tmp_path / "state", "127.0.0.1", 0,
-                           [LunSpec("lun0", SIZE), LunSpec("lun1", SIZE)]))
+    daemon = Daemon(
+        Config(tmp_path / "state", "127.0.0.1", 0, [LunSpec("lun0", SIZE), LunSpec("lun1", SIZE)])
+    )
     await daemon.start()
     yield daemon
     await daemon.stop()
@@ -51,10 +52,10 @@ async def test_pre_cut_write_in_flight_reaches_both_volumes(daemon):
     await asyncio.wait_for(asyncio.gather(pre, post_same), 5)
     await dp.wait_frozen("lun0", 0)
     frozen = Path(dp.catalog.volume_path("lun0", 0)).read_bytes()
-    assert frozen[:8 * BS] == block(0x11), "the pre-cut write is in the preserved image"
-    assert frozen[64 * BS:72 * BS] == bytes(8 * BS), "no post-cut write reached it"
+    assert frozen[: 8 * BS] == block(0x11), "the pre-cut write is in the preserved image"
+    assert frozen[64 * BS : 72 * BS] == bytes(8 * BS), "no post-cut write reached it"
     live = await store.read(0, 72)
-    assert live[:8 * BS] == block(0x33) and live[64 * BS:] == block(0x22)
+    assert live[: 8 * BS] == block(0x33) and live[64 * BS :] == block(0x22)
 
 
 async def test_write_whose_data_never_comes_releases_its_lock(daemon):
@@ -79,7 +80,7 @@ async def test_one_cut_over_two_luns_shares_t(daemon):
     await asyncio.gather(*after)
     for name, byte in (("lun0", 1), ("lun1", 2)):
         await dp.wait_frozen(name, 0)
-        assert Path(dp.catalog.volume_path(name, 0)).read_bytes()[:8 * BS] == block(byte)
+        assert Path(dp.catalog.volume_path(name, 0)).read_bytes()[: 8 * BS] == block(byte)
         assert [g.cut_seq for g in dp.engine.generations(name)] == [0, cut.seq]
 
 

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from served import Served, need, qemu_img_read
 from qemu_load import QemuIo, apply, overlapping_writes
+from served import Served, need, qemu_img_read
 
 LUN_SIZE = 16 << 20
 REGION = 4 << 20  # the writes crowd into this much, so they overlap a lot
@@ -61,8 +60,10 @@ def run_load_with_cut(served: Served, luns: list[int], names: list[str], seed: i
         for io in ios:
             io.wait_acknowledged(20)  # the stream is flowing
         acked_before = [len(io.acknowledged()) for io in ios]
-        feeders = [io.feed_in_background([w.verbose_line() for w in writes[first:middle]], gap=0.001)
-                   for io, writes in zip(ios, loads)]
+        feeders = [
+            io.feed_in_background([w.verbose_line() for w in writes[first:middle]], gap=0.001)
+            for io, writes in zip(ios, loads)
+        ]
         while min(io.sent for io in ios) < first + 30:
             time.sleep(0.001)
         cut = served.call("preserve", luns=names, wait=True)  # writes are in flight now
@@ -99,8 +100,10 @@ def test_preserve_under_async_writes(state_dir, clone_strategy, tmp_path):
         assert [v["state"] for v in vols] == ["frozen", "live"]
         assert vols[1]["clone"] == clone_strategy
         assert vols[1]["preserve"]["seq"] == cut["seq"]
-        print(f"{clone_strategy}: cut after {k} of {len(writes)} writes ({acked} acked before, "
-              f"{cut['luns'][0]['inflight_at_cut']} in flight at the cut)")
+        print(
+            f"{clone_strategy}: cut after {k} of {len(writes)} writes ({acked} acked before, "
+            f"{cut['luns'][0]['inflight_at_cut']} in flight at the cut)"
+        )
     finally:
         assert served.stop() == 0
 

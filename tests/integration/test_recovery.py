@@ -17,8 +17,8 @@ import pytest
 
 from targetcli_preserve._errors import UserError
 from targetcli_preserve.daemon import Daemon
-from targetcli_preserve.options import Config, LunSpec
 from targetcli_preserve.journal import Journal, current_boot
+from targetcli_preserve.options import Config, LunSpec
 from targetcli_preserve.volumes import clone_volume, open_volume
 
 SIZE = 4 << 20
@@ -55,21 +55,25 @@ async def _lun_view(state: Path) -> tuple[list[tuple[int, str]], bytes]:
         await daemon.stop()
 
 
-def crash_mid_preserve(state: Path, *, commit: bool, durable: bool, boot: str,
-                       clone_made: bool = True) -> None:
+def crash_mid_preserve(
+    state: Path, *, commit: bool, durable: bool, boot: str, clone_made: bool = True
+) -> None:
     """Leave ``state`` as a daemon killed during a preserve of lun0 would."""
     vol0 = state / "luns" / "lun0" / "vol-000000.img"
     vol1 = state / "luns" / "lun0" / "vol-000001.img"
     if clone_made:
+
         async def make():
             source = await open_volume(vol0)
             clone = await clone_volume(source, vol1)
             await clone.close()
             await source.close()
+
         run(make())
     journal = Journal(state / "journal")
-    journal.append({"op": "cut", "cut": 1, "seq": 5, "time": "t", "boot": boot,
-                    "luns": {"lun0": 1}})
+    journal.append(
+        {"op": "cut", "cut": 1, "seq": 5, "time": "t", "boot": boot, "luns": {"lun0": 1}}
+    )
     if commit:
         journal.append({"op": "commit", "cut": 1})
     if durable:
@@ -92,14 +96,13 @@ def test_uncommitted_cut_is_rolled_back(state):
     crash_mid_preserve(state, commit=False, durable=False, boot=current_boot())
     vols, data = run(_lun_view(state))
     assert vols == [(0, "live")]
-    assert data[:8 * BS] == b"\xa1" * 8 * BS
+    assert data[: 8 * BS] == b"\xa1" * 8 * BS
     assert sorted(p.name for p in (state / "luns" / "lun0").iterdir()) == ["vol-000000.img"]
     assert ops(state)[-1] == "abort"
 
 
 def test_cut_record_without_clone_is_rolled_back(state):
-    crash_mid_preserve(state, commit=False, durable=False, boot=current_boot(),
-                       clone_made=False)
+    crash_mid_preserve(state, commit=False, durable=False, boot=current_boot(), clone_made=False)
     vols, _ = run(_lun_view(state))
     assert vols == [(0, "live")]
 
@@ -110,7 +113,7 @@ def test_committed_cut_survives_a_daemon_crash(state):
     crash_mid_preserve(state, commit=True, durable=False, boot=current_boot())
     vols, data = run(_lun_view(state))
     assert vols == [(0, "frozen"), (1, "live")]  # drained by the crash: frozen now
-    assert data[:8 * BS] == b"\xa1" * 8 * BS
+    assert data[: 8 * BS] == b"\xa1" * 8 * BS
     assert ops(state)[-1] == "freeze"
 
 
@@ -118,7 +121,7 @@ def test_committed_but_not_durable_cut_is_rolled_back_after_a_reboot(state):
     crash_mid_preserve(state, commit=True, durable=False, boot="another-boot")
     vols, data = run(_lun_view(state))
     assert vols == [(0, "live")]
-    assert data[:8 * BS] == b"\xa1" * 8 * BS
+    assert data[: 8 * BS] == b"\xa1" * 8 * BS
 
 
 def test_durable_cut_survives_a_reboot(state):
@@ -136,7 +139,7 @@ def test_rollback_makes_the_source_live_again_even_if_it_was_frozen(state):
     assert vols == [(0, "live")]
     run(_write_and_stop(state, 16, 0xB2))  # and it takes writes again
     _, data = run(_lun_view(state))
-    assert data[16 * BS:24 * BS] == b"\xb2" * 8 * BS
+    assert data[16 * BS : 24 * BS] == b"\xb2" * 8 * BS
 
 
 def test_orphan_clone_without_a_cut_record_is_removed(state):
@@ -145,6 +148,7 @@ def test_orphan_clone_without_a_cut_record_is_removed(state):
         clone = await clone_volume(source, state / "luns" / "lun0" / "vol-000001.img")
         await clone.close()
         await source.close()
+
     run(make())
     vols, _ = run(_lun_view(state))
     assert vols == [(0, "live")]
@@ -159,7 +163,7 @@ def test_torn_journal_tail_is_ignored(state):
     run(_write_and_stop(state, 0, 0xC3))  # and later records still read back
     assert all(isinstance(r, dict) for r in Journal.read(state / "journal"))
     _, data = run(_lun_view(state))
-    assert data[:8 * BS] == b"\xc3" * 8 * BS
+    assert data[: 8 * BS] == b"\xc3" * 8 * BS
 
 
 def test_restart_keeps_cut_details(state):

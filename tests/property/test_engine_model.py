@@ -171,9 +171,14 @@ class EngineModel(RuleBasedStateMachine):
 
     def earlier_inflight_writes(self, rec: Rec) -> list[Rec]:
         return [
-            o for o in self.recs
-            if o.seq < rec.seq and o.lun == rec.lun and o.is_write and not o.completed
-            and rec.end > rec.start and o.overlaps(rec)
+            o
+            for o in self.recs
+            if o.seq < rec.seq
+            and o.lun == rec.lun
+            and o.is_write
+            and not o.completed
+            and rec.end > rec.start
+            and o.overlaps(rec)
         ]
 
     def outstanding(self, rec: Rec) -> bool:
@@ -430,7 +435,8 @@ class EngineModel(RuleBasedStateMachine):
     def abort(self, action: Clone) -> None:
         c = action.cut
         homes = {
-            id(r.cmd): r.cmd.home for r in self.recs
+            id(r.cmd): r.cmd.home
+            for r in self.recs
             if not r.completed and r.lun in c.luns and r.cmd.home == c.new_generation[r.lun]
         }
         actions = self.engine.clone_failed(c, action.lun, "no space")
@@ -553,12 +559,12 @@ class EngineModel(RuleBasedStateMachine):
                 )
             inflight = [r for r in self.recs if r.lun == lun and not r.completed]
             assert self.engine.inflight(lun) == len(inflight)
-            locks = [(info.seq, info.start, info.end) for info in self.engine.locks()
-                     if info.lun == lun]
+            locks = [
+                (info.seq, info.start, info.end) for info in self.engine.locks() if info.lun == lun
+            ]
             assert locks == [(r.seq, r.start, r.end) for r in inflight if r.is_write]
         newest_cloning = {
-            lun: self.engine.generations(lun)[-1].state is VolumeState.CLONING
-            for lun in self.luns
+            lun: self.engine.generations(lun)[-1].state is VolumeState.CLONING for lun in self.luns
         }
         for rec in self.recs:
             if rec.completed:
@@ -574,9 +580,11 @@ class EngineModel(RuleBasedStateMachine):
             # Liveness: waiting for nothing and doing nothing is only allowed while the
             # clone it needs is still being made.
             newest = self.engine.generations(rec.lun)[-1].index
-            assert newest_cloning[rec.lun] and (
-                rec.op is Op.WRITE or rec.cmd.home == newest
-            ) and rec.cmd.error is None, f"seq {rec.seq} ({rec.op.name}) is stuck"
+            assert (
+                newest_cloning[rec.lun]
+                and (rec.op is Op.WRITE or rec.cmd.home == newest)
+                and rec.cmd.error is None
+            ), f"seq {rec.seq} ({rec.op.name}) is stuck"
 
 
 EngineModel.TestCase.settings = settings(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +23,7 @@ IQN = "iqn.2026-11.org.targetcli-preserve:default"
 
 def readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    block = re.match(r"# targetcli-preserve\n\n```sh\n(.*?)```", text, re.S)
+    block = re.match(r"# targetcli-preserve\n\n```sh\n(.*?)```", text, re.DOTALL)
     assert block, "the README must open with its title, then a sh code block"
     return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
 
@@ -42,9 +42,17 @@ def test_demo_serves_a_lun_to_real_initiators(tmp_path):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (scripts/setup installs it)")
     demo = subprocess.Popen(
-        [str(ROOT / "scripts" / "demo"), "--state-dir", str(tmp_path / "state"),
-         "--portal", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            str(ROOT / "scripts" / "demo"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--portal",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         port = None
@@ -63,16 +71,35 @@ def test_demo_serves_a_lun_to_real_initiators(tmp_path):
         assert port is not None, "".join(lines)
         assert "lun0 (1 GiB)" in "".join(lines)
         portal = f"iscsi://127.0.0.1:{port}"
-        listing = subprocess.run(["iscsi-ls", "-s", portal], capture_output=True, text=True,
-                                 timeout=30)
+        listing = subprocess.run(
+            ["iscsi-ls", "-s", portal], capture_output=True, text=True, timeout=30, check=False
+        )
         assert f"Target:{IQN}" in listing.stdout and "Lun:0" in listing.stdout, listing
-        inq = subprocess.run(["iscsi-inq", f"{portal}/{IQN}/0"], capture_output=True,
-                             text=True, timeout=30)
+        inq = subprocess.run(
+            ["iscsi-inq", f"{portal}/{IQN}/0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert "Vendor:PRESERVE" in inq.stdout, inq
         io = subprocess.run(
-            ["qemu-io", "-f", "raw", "-c", "write -P 0xab 0 1M", "-c", "read -P 0xab 0 1M",
-             "-c", "read -P 0 1M 64k", f"{portal}/{IQN}/0"],
-            capture_output=True, text=True, timeout=60,
+            [
+                "qemu-io",
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0xab 0 1M",
+                "-c",
+                "read -P 0xab 0 1M",
+                "-c",
+                "read -P 0 1M 64k",
+                f"{portal}/{IQN}/0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert io.returncode == 0 and "Pattern verification failed" not in io.stdout, io
         assert io.stdout.count("read ") == 2, io.stdout

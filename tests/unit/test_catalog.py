@@ -25,20 +25,29 @@ BOOT = "boot-now"
 OTHER_BOOT = "boot-before"
 
 LIVE, CLONING, DRAINING, FROZEN = (
-    VolumeState.LIVE, VolumeState.CLONING, VolumeState.DRAINING, VolumeState.FROZEN,
+    VolumeState.LIVE,
+    VolumeState.CLONING,
+    VolumeState.DRAINING,
+    VolumeState.FROZEN,
 )
 
 
 def lun(name: str = "lun0", size: int = SIZE, time: str | None = "t0") -> dict:
-    record = {"op": "lun", "name": name, "size": size, "block_size": BLOCK_SIZE,
-              "wwn": str(uuid.uuid4())}
+    record = {
+        "op": "lun",
+        "name": name,
+        "size": size,
+        "block_size": BLOCK_SIZE,
+        "wwn": str(uuid.uuid4()),
+    }
     if time is not None:
         record["time"] = time
     return record
 
 
-def cut(cut_id: int, seq: int, luns: dict[str, int], boot: str | None = BOOT,
-        time: str = "t1") -> dict:
+def cut(
+    cut_id: int, seq: int, luns: dict[str, int], boot: str | None = BOOT, time: str = "t1"
+) -> dict:
     record = {"op": "cut", "cut": cut_id, "seq": seq, "time": time, "luns": luns}
     if boot is not None:
         record["boot"] = boot
@@ -110,14 +119,29 @@ def test_commit_makes_the_clone_live_and_the_source_draining(tmp_path: Path) -> 
 
 
 def test_commit_keeps_a_frozen_source_frozen(tmp_path: Path) -> None:
-    catalog = fold(tmp_path, lun(), cut(1, 5, {"lun0": 1}), commit(1), freeze("lun0", 0),
-                   cut(2, 9, {"lun0": 2}), commit(2))
+    catalog = fold(
+        tmp_path,
+        lun(),
+        cut(1, 5, {"lun0": 1}),
+        commit(1),
+        freeze("lun0", 0),
+        cut(2, 9, {"lun0": 2}),
+        commit(2),
+    )
     assert states(catalog) == [(0, FROZEN), (1, DRAINING), (2, LIVE)]
 
 
 def test_durable_marks_only_its_cut(tmp_path: Path) -> None:
-    catalog = fold(tmp_path, lun("a"), lun("b"), cut(1, 5, {"a": 1}), commit(1),
-                   cut(2, 6, {"b": 1}), commit(2), durable(1))
+    catalog = fold(
+        tmp_path,
+        lun("a"),
+        lun("b"),
+        cut(1, 5, {"a": 1}),
+        commit(1),
+        cut(2, 6, {"b": 1}),
+        commit(2),
+        durable(1),
+    )
     assert catalog.cuts[1].durable and not catalog.cuts[2].durable
     assert states(catalog, "a") == [(0, DRAINING), (1, LIVE)]  # durable changes no state
 
@@ -138,14 +162,20 @@ def test_abort_of_a_committed_cut_makes_the_draining_source_live_again(tmp_path:
 
 def test_abort_after_the_source_froze_makes_it_live_again(tmp_path: Path) -> None:
     # committed, drained and frozen, then a reboot lost the non-durable clone
-    catalog = fold(tmp_path, lun(), cut(1, 5, {"lun0": 1}), commit(1), freeze("lun0", 0),
-                   abort(1))
+    catalog = fold(tmp_path, lun(), cut(1, 5, {"lun0": 1}), commit(1), freeze("lun0", 0), abort(1))
     assert states(catalog) == [(0, LIVE)]
 
 
 def test_abort_on_top_of_an_earlier_cut(tmp_path: Path) -> None:
-    catalog = fold(tmp_path, lun(), cut(1, 5, {"lun0": 1}), commit(1), durable(1),
-                   cut(2, 9, {"lun0": 2}), abort(2))
+    catalog = fold(
+        tmp_path,
+        lun(),
+        cut(1, 5, {"lun0": 1}),
+        commit(1),
+        durable(1),
+        cut(2, 9, {"lun0": 2}),
+        abort(2),
+    )
     assert states(catalog) == [(0, DRAINING), (1, LIVE)]
     assert catalog.generations_to_freeze() == [("lun0", 0)]
 
@@ -156,8 +186,13 @@ def test_freeze_marks_one_generation_frozen(tmp_path: Path) -> None:
 
 
 def test_damaged_flags_one_generation(tmp_path: Path) -> None:
-    catalog = fold(tmp_path, lun(), cut(1, 5, {"lun0": 1}), commit(1),
-                   {"op": "damaged", "lun": "lun0", "gen": 1})
+    catalog = fold(
+        tmp_path,
+        lun(),
+        cut(1, 5, {"lun0": 1}),
+        commit(1),
+        {"op": "damaged", "lun": "lun0", "gen": 1},
+    )
     assert [g.damaged for g in catalog.luns["lun0"].generations] == [False, True]
     assert states(catalog) == [(0, DRAINING), (1, LIVE)]  # damage changes no state
 
@@ -189,16 +224,24 @@ def test_last_seq_and_next_cut_id_of_an_empty_catalog(tmp_path: Path) -> None:
 
 
 def test_last_seq_and_next_cut_id_count_aborted_cuts(tmp_path: Path) -> None:
-    catalog = fold(tmp_path, lun("a"), lun("b"), cut(1, 17, {"a": 1}), commit(1),
-                   cut(2, 40, {"b": 1}), abort(2))
+    catalog = fold(
+        tmp_path,
+        lun("a"),
+        lun("b"),
+        cut(1, 17, {"a": 1}),
+        commit(1),
+        cut(2, 40, {"b": 1}),
+        abort(2),
+    )
     # an aborted cut's T and id were handed out: a restart must not reuse them
     assert catalog.last_seq == 40
     assert catalog.next_cut_id == 3
 
 
 def test_last_seq_is_the_highest_not_the_latest(tmp_path: Path) -> None:
-    catalog = fold(tmp_path, lun("a"), lun("b"), cut(1, 30, {"a": 1}), commit(1),
-                   cut(2, 25, {"b": 1}))
+    catalog = fold(
+        tmp_path, lun("a"), lun("b"), cut(1, 30, {"a": 1}), commit(1), cut(2, 25, {"b": 1})
+    )
     assert catalog.last_seq == 30
     assert catalog.next_cut_id == 3
 
@@ -216,10 +259,25 @@ def test_check_lun_name_accepts(name: str) -> None:
     assert check_lun_name(name) == name
 
 
-@pytest.mark.parametrize("name", [
-    "", "-lun", ".lun", "_lun", "..", "a/b", "../etc", "a b", "a:b", "lun0\n", "l\u00fcn",
-    "x" * 65, "lun*", " lun0",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "-lun",
+        ".lun",
+        "_lun",
+        "..",
+        "a/b",
+        "../etc",
+        "a b",
+        "a:b",
+        "lun0\n",
+        "l\u00fcn",
+        "x" * 65,
+        "lun*",
+        " lun0",
+    ],
+)
 def test_check_lun_name_refuses_with_a_clear_message(name: str) -> None:
     with pytest.raises(UserError) as info:
         check_lun_name(name)
@@ -240,12 +298,15 @@ def _one_cut(tmp_path: Path, *, committed: bool, durable_: bool, boot: str | Non
     return fold(tmp_path, *records)
 
 
-@pytest.mark.parametrize("committed,durable_,same_boot",
-                         list(itertools.product([False, True], repeat=3)))
-def test_cuts_to_roll_back_every_combination(tmp_path: Path, committed: bool, durable_: bool,
-                                             same_boot: bool) -> None:
-    catalog = _one_cut(tmp_path, committed=committed, durable_=durable_,
-                       boot=BOOT if same_boot else OTHER_BOOT)
+@pytest.mark.parametrize(
+    "committed,durable_,same_boot", list(itertools.product([False, True], repeat=3))
+)
+def test_cuts_to_roll_back_every_combination(
+    tmp_path: Path, committed: bool, durable_: bool, same_boot: bool
+) -> None:
+    catalog = _one_cut(
+        tmp_path, committed=committed, durable_=durable_, boot=BOOT if same_boot else OTHER_BOOT
+    )
     # a daemon crash (same boot) keeps a committed cut; a reboot keeps only durable ones;
     # an uncommitted cut never survives
     expected = (not committed) or (not durable_ and not same_boot)
@@ -253,38 +314,61 @@ def test_cuts_to_roll_back_every_combination(tmp_path: Path, committed: bool, du
     assert [c.id for c in undo] == ([1] if expected else [])
 
 
-@pytest.mark.parametrize("committed,durable_,same_boot",
-                         list(itertools.product([False, True], repeat=3)))
-def test_an_aborted_cut_is_never_rolled_back_again(tmp_path: Path, committed: bool,
-                                                    durable_: bool, same_boot: bool) -> None:
-    catalog = _one_cut(tmp_path, committed=committed, durable_=durable_,
-                       boot=BOOT if same_boot else OTHER_BOOT)
+@pytest.mark.parametrize(
+    "committed,durable_,same_boot", list(itertools.product([False, True], repeat=3))
+)
+def test_an_aborted_cut_is_never_rolled_back_again(
+    tmp_path: Path, committed: bool, durable_: bool, same_boot: bool
+) -> None:
+    catalog = _one_cut(
+        tmp_path, committed=committed, durable_=durable_, boot=BOOT if same_boot else OTHER_BOOT
+    )
     catalog.apply(abort(1))
     assert catalog.cuts_to_roll_back(BOOT) == []
 
 
 def test_a_cut_of_unknown_boot_is_trusted_only_if_durable(tmp_path: Path) -> None:
-    assert [c.id for c in _one_cut(tmp_path, committed=True, durable_=False, boot=None)
-            .cuts_to_roll_back(BOOT)] == [1]
-    assert _one_cut(tmp_path, committed=True, durable_=True, boot=None).cuts_to_roll_back(BOOT) == []
+    assert [
+        c.id
+        for c in _one_cut(tmp_path, committed=True, durable_=False, boot=None).cuts_to_roll_back(
+            BOOT
+        )
+    ] == [1]
+    assert (
+        _one_cut(tmp_path, committed=True, durable_=True, boot=None).cuts_to_roll_back(BOOT) == []
+    )
 
 
 def test_cuts_to_roll_back_newest_first(tmp_path: Path) -> None:
     catalog = fold(
-        tmp_path, lun("a"), lun("b"), lun("c"), lun("d"),
-        cut(1, 5, {"a": 1}, boot=OTHER_BOOT), commit(1),                 # reboot, not durable
-        cut(2, 6, {"b": 1}, boot=OTHER_BOOT), commit(2), durable(2),     # kept
-        cut(3, 7, {"c": 1}),                                             # never committed
-        cut(4, 8, {"d": 1}), abort(4),                                   # already undone
-        cut(5, 9, {"a": 2}, boot=OTHER_BOOT),                            # never committed
+        tmp_path,
+        lun("a"),
+        lun("b"),
+        lun("c"),
+        lun("d"),
+        cut(1, 5, {"a": 1}, boot=OTHER_BOOT),
+        commit(1),  # reboot, not durable
+        cut(2, 6, {"b": 1}, boot=OTHER_BOOT),
+        commit(2),
+        durable(2),  # kept
+        cut(3, 7, {"c": 1}),  # never committed
+        cut(4, 8, {"d": 1}),
+        abort(4),  # already undone
+        cut(5, 9, {"a": 2}, boot=OTHER_BOOT),  # never committed
     )
     assert [c.id for c in catalog.cuts_to_roll_back(BOOT)] == [5, 3, 1]
 
 
 def test_rolling_back_stacked_cuts_newest_first_restores_the_first_volume(tmp_path: Path) -> None:
-    catalog = fold(tmp_path, lun(),
-                   cut(1, 5, {"lun0": 1}, boot=OTHER_BOOT), commit(1), freeze("lun0", 0),
-                   cut(2, 9, {"lun0": 2}, boot=OTHER_BOOT), commit(2))
+    catalog = fold(
+        tmp_path,
+        lun(),
+        cut(1, 5, {"lun0": 1}, boot=OTHER_BOOT),
+        commit(1),
+        freeze("lun0", 0),
+        cut(2, 9, {"lun0": 2}, boot=OTHER_BOOT),
+        commit(2),
+    )
     undo = catalog.cuts_to_roll_back(BOOT)
     assert [c.id for c in undo] == [2, 1]
     for c in undo:  # what the daemon's recovery does, in the order given
@@ -295,10 +379,17 @@ def test_rolling_back_stacked_cuts_newest_first_restores_the_first_volume(tmp_pa
 
 
 def test_generations_to_freeze(tmp_path: Path) -> None:
-    catalog = fold(tmp_path, lun("a"), lun("b"), lun("c"),
-                   cut(1, 5, {"a": 1, "b": 1}), commit(1),
-                   cut(2, 7, {"a": 2}), commit(2),
-                   cut(3, 8, {"c": 1}))  # cloning: its source is still live
+    catalog = fold(
+        tmp_path,
+        lun("a"),
+        lun("b"),
+        lun("c"),
+        cut(1, 5, {"a": 1, "b": 1}),
+        commit(1),
+        cut(2, 7, {"a": 2}),
+        commit(2),
+        cut(3, 8, {"c": 1}),
+    )  # cloning: its source is still live
     assert catalog.generations_to_freeze() == [("a", 0), ("a", 1), ("b", 0)]
     catalog.apply(freeze("a", 0))
     catalog.apply(freeze("b", 0))

@@ -85,18 +85,39 @@ def run_json(capsys, state_dir: Path, *argv: str):
 # ---- the parser ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv,expected", [
-    (["status"], {"command": "status", "lun": None}),
-    (["status", "lun0"], {"command": "status", "lun": "lun0"}),
-    (["volumes", "lun0"], {"command": "volumes", "lun": "lun0"}),
-    (["locks"], {"command": "locks"}),
-    (["preserve", "lun0"], {"command": "preserve", "luns": ["lun0"], "wait": False}),
-    (["preserve", "--wait", "a", "b"], {"command": "preserve", "luns": ["a", "b"], "wait": True}),
-    (["preserve", "a", "--wait"], {"command": "preserve", "luns": ["a"], "wait": True}),
-    (["serve"], {"command": "serve", "portal": "127.0.0.1:3260", "lun": [], "iqn": DEFAULT_IQN}),
-    (["serve", "--portal", "0.0.0.0:3261", "--lun", "a:1G", "--lun", "b:4M", "--iqn", "iqn.x"],
-     {"command": "serve", "portal": "0.0.0.0:3261", "lun": ["a:1G", "b:4M"], "iqn": "iqn.x"}),
-])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["status"], {"command": "status", "lun": None}),
+        (["status", "lun0"], {"command": "status", "lun": "lun0"}),
+        (["volumes", "lun0"], {"command": "volumes", "lun": "lun0"}),
+        (["locks"], {"command": "locks"}),
+        (["preserve", "lun0"], {"command": "preserve", "luns": ["lun0"], "wait": False}),
+        (
+            ["preserve", "--wait", "a", "b"],
+            {"command": "preserve", "luns": ["a", "b"], "wait": True},
+        ),
+        (["preserve", "a", "--wait"], {"command": "preserve", "luns": ["a"], "wait": True}),
+        (
+            ["serve"],
+            {"command": "serve", "portal": "127.0.0.1:3260", "lun": [], "iqn": DEFAULT_IQN},
+        ),
+        (
+            [
+                "serve",
+                "--portal",
+                "0.0.0.0:3261",
+                "--lun",
+                "a:1G",
+                "--lun",
+                "b:4M",
+                "--iqn",
+                "iqn.x",
+            ],
+            {"command": "serve", "portal": "0.0.0.0:3261", "lun": ["a:1G", "b:4M"], "iqn": "iqn.x"},
+        ),
+    ],
+)
 def test_parser_subcommands(argv: list[str], expected: dict) -> None:
     args = vars(cli.build_parser().parse_args(argv))
     for key, value in expected.items():
@@ -104,11 +125,13 @@ def test_parser_subcommands(argv: list[str], expected: dict) -> None:
     assert "json" not in args and "state_dir" not in args  # main() fills in the defaults
 
 
-@pytest.mark.parametrize("command", [["status"], ["locks"], ["volumes", "lun0"],
-                                     ["preserve", "lun0"]])
+@pytest.mark.parametrize(
+    "command", [["status"], ["locks"], ["volumes", "lun0"], ["preserve", "lun0"]]
+)
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_parser_common_options_before_and_after_the_subcommand(command: list[str],
-                                                               where: str) -> None:
+def test_parser_common_options_before_and_after_the_subcommand(
+    command: list[str], where: str
+) -> None:
     common = ["--json", "--state-dir", "/some/dir"]
     argv = common + command if where == "before" else command + common
     args = cli.build_parser().parse_args(argv)
@@ -124,10 +147,18 @@ def test_parser_mixed_common_options() -> None:
     assert (args.state_dir, args.json) == ("/b", True)
 
 
-@pytest.mark.parametrize("argv", [
-    [], ["frobnicate"], ["preserve"], ["volumes"], ["status", "a", "b"], ["locks", "x"],
-    ["preserve", "--bogus", "lun0"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["preserve"],
+        ["volumes"],
+        ["status", "a", "b"],
+        ["locks", "x"],
+        ["preserve", "--bogus", "lun0"],
+    ],
+)
 def test_parser_bad_usage_exits_2(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
@@ -138,8 +169,17 @@ def test_parser_bad_usage_exits_2(argv: list[str], capsys) -> None:
 # ---- no daemon -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["status"], ["status", "lun0"], ["volumes", "lun0"],
-                                     ["locks"], ["preserve", "lun0"], ["preserve", "--wait", "a"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["status", "lun0"],
+        ["volumes", "lun0"],
+        ["locks"],
+        ["preserve", "lun0"],
+        ["preserve", "--wait", "a"],
+    ],
+)
 def test_exit_3_when_no_daemon_runs(state_dir: Path, command: list[str], capsys) -> None:
     code, out, err = run_cli(capsys, "--state-dir", str(state_dir), *command)
     assert code == 3
@@ -164,15 +204,19 @@ def test_exit_3_when_the_state_dir_does_not_exist(tmp_path: Path, capsys) -> Non
 # ---- serve refuses bad input before starting -----------------------------------------
 
 
-@pytest.mark.parametrize("extra,words", [
-    (["--lun", "lun0"], "bad --lun"),
-    (["--lun", "bad/name:1M"], "bad LUN name"),
-    (["--lun", "lun0:1000"], "bad size"),
-    (["--lun", "a:1M", "--lun", "a:2M"], "given twice"),
-    (["--portal", "127.0.0.1:99999"], "bad --portal"),
-])
-def test_serve_with_bad_arguments_exits_2(state_dir: Path, extra: list[str], words: str,
-                                          capsys) -> None:
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--lun", "lun0"], "bad --lun"),
+        (["--lun", "bad/name:1M"], "bad LUN name"),
+        (["--lun", "lun0:1000"], "bad size"),
+        (["--lun", "a:1M", "--lun", "a:2M"], "given twice"),
+        (["--portal", "127.0.0.1:99999"], "bad --portal"),
+    ],
+)
+def test_serve_with_bad_arguments_exits_2(
+    state_dir: Path, extra: list[str], words: str, capsys
+) -> None:
     code, _, err = run_cli(capsys, "--state-dir", str(state_dir), "serve", *extra)
     assert code == 2
     assert words in err
@@ -184,8 +228,16 @@ def test_serve_on_a_busy_portal_exits_1(state_dir: Path, capsys) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, _, err = run_cli(capsys, "--state-dir", str(state_dir), "serve",
-                               "--portal", f"127.0.0.1:{port}", "--lun", "lun0:1M")
+        code, _, err = run_cli(
+            capsys,
+            "--state-dir",
+            str(state_dir),
+            "serve",
+            "--portal",
+            f"127.0.0.1:{port}",
+            "--lun",
+            "lun0:1M",
+        )
     assert code == 1
     assert "in use" in err
     assert not (state_dir / "control.sock").exists()
@@ -197,6 +249,7 @@ def test_serve_on_a_busy_portal_exits_1(state_dir: Path, capsys) -> None:
 @pytest.fixture
 def failing_daemon(state_dir: Path):
     """A control socket whose every command fails the way a broken daemon's would."""
+
     async def backend(**_):
         raise BackendError("volume lun0 is on fire")
 
@@ -204,9 +257,10 @@ def failing_daemon(state_dir: Path):
         raise RuntimeError("bug")
 
     thread = LoopThread()
-    server = ControlServer(state_dir / "control.sock",
-                           {"status": backend, "preserve": backend, "volumes": crash,
-                            "locks": crash})
+    server = ControlServer(
+        state_dir / "control.sock",
+        {"status": backend, "preserve": backend, "volumes": crash, "locks": crash},
+    )
     try:
         thread.run(server.start())
         yield server
@@ -215,14 +269,18 @@ def failing_daemon(state_dir: Path):
         thread.close()
 
 
-@pytest.mark.parametrize("command,words", [
-    (["status"], "volume lun0 is on fire"),
-    (["preserve", "lun0"], "volume lun0 is on fire"),
-    (["volumes", "lun0"], "internal error: bug"),
-    (["locks"], "internal error: bug"),
-])
-def test_exit_1_when_the_operation_fails(state_dir: Path, failing_daemon, command, words,
-                                         capsys) -> None:
+@pytest.mark.parametrize(
+    "command,words",
+    [
+        (["status"], "volume lun0 is on fire"),
+        (["preserve", "lun0"], "volume lun0 is on fire"),
+        (["volumes", "lun0"], "internal error: bug"),
+        (["locks"], "internal error: bug"),
+    ],
+)
+def test_exit_1_when_the_operation_fails(
+    state_dir: Path, failing_daemon, command, words, capsys
+) -> None:
     code, out, err = run_cli(capsys, "--state-dir", str(state_dir), *command)
     assert code == 1
     assert out == "" and words in err
@@ -246,7 +304,12 @@ def test_status_json(daemon: Daemon, state_dir: Path, capsys) -> None:
     assert re.fullmatch(r"[0-9a-f-]{36}", lun["wwn"])
     assert lun["live"]["path"] == str(state_dir / "luns" / "lun0" / "vol-000000.img")
     assert lun["live"]["state"] == "live" and lun["live"]["generation"] == 0
-    assert (lun["inflight"], lun["volumes"], lun["draining"], lun["last_preserve"]) == (0, 1, 0, None)
+    assert (lun["inflight"], lun["volumes"], lun["draining"], lun["last_preserve"]) == (
+        0,
+        1,
+        0,
+        None,
+    )
 
 
 def test_status_of_one_lun(daemon: Daemon, state_dir: Path, capsys) -> None:
@@ -260,10 +323,27 @@ def test_status_human(daemon: Daemon, state_dir: Path, capsys) -> None:
     assert f"target {DEFAULT_IQN} on 127.0.0.1:{daemon.server.port}" in out
     assert f"state {state_dir}" in out
     header, row = out.splitlines()[2:4]
-    assert header.split() == ["LUN", "NAME", "SIZE", "LIVE", "VOLUME", "IN", "FLIGHT",
-                              "VOLUMES", "LAST", "PRESERVE"]
-    assert row.split() == ["0", "lun0", str(SIZE),
-                           str(state_dir / "luns" / "lun0" / "vol-000000.img"), "0", "1", "-"]
+    assert header.split() == [
+        "LUN",
+        "NAME",
+        "SIZE",
+        "LIVE",
+        "VOLUME",
+        "IN",
+        "FLIGHT",
+        "VOLUMES",
+        "LAST",
+        "PRESERVE",
+    ]
+    assert row.split() == [
+        "0",
+        "lun0",
+        str(SIZE),
+        str(state_dir / "luns" / "lun0" / "vol-000000.img"),
+        "0",
+        "1",
+        "-",
+    ]
 
 
 def test_volumes_json_and_human(daemon: Daemon, state_dir: Path, capsys) -> None:
@@ -276,8 +356,16 @@ def test_volumes_json_and_human(daemon: Daemon, state_dir: Path, capsys) -> None
     code, out, _ = run_cli(capsys, "--state-dir", str(state_dir), "volumes", "lun0")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["GEN", "STATE", "PRESERVE", "SEQ", "TIME", "CLONE", "HYDRATED",
-                                "PATH"]
+    assert lines[0].split() == [
+        "GEN",
+        "STATE",
+        "PRESERVE",
+        "SEQ",
+        "TIME",
+        "CLONE",
+        "HYDRATED",
+        "PATH",
+    ]
     assert lines[1].split()[0:5] == ["0", "live", "-", "-", "-"]
     assert lines[1].split()[-1] == vol["path"]
 
@@ -288,10 +376,13 @@ def test_locks_json_and_human(daemon: Daemon, state_dir: Path, capsys) -> None:
     assert (code, out) == (0, "no locks held\n")
 
 
-@pytest.mark.parametrize("command", [["status", "nope"], ["volumes", "nope"],
-                                     ["preserve", "nope"], ["preserve", "lun0", "nope"]])
-def test_exit_2_for_an_unknown_lun(daemon: Daemon, state_dir: Path, command: list[str],
-                                   capsys) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["status", "nope"], ["volumes", "nope"], ["preserve", "nope"], ["preserve", "lun0", "nope"]],
+)
+def test_exit_2_for_an_unknown_lun(
+    daemon: Daemon, state_dir: Path, command: list[str], capsys
+) -> None:
     code, out, err = run_cli(capsys, "--state-dir", str(state_dir), *command)
     assert code == 2
     assert out == "" and "'nope'" in err
@@ -317,8 +408,11 @@ def test_preserve_json(daemon: Daemon, state_dir: Path, capsys) -> None:
     assert lun["live"]["preserve"] == {"id": 1, "seq": result["seq"], "time": result["time"]}
     assert (lun_dir / "vol-000001.img").exists()
     status = run_json(capsys, state_dir, "status", "lun0")
-    assert status["luns"][0]["last_preserve"] == {"id": 1, "seq": result["seq"],
-                                                  "time": result["time"]}
+    assert status["luns"][0]["last_preserve"] == {
+        "id": 1,
+        "seq": result["seq"],
+        "time": result["time"],
+    }
     assert status["luns"][0]["volumes"] == 2
 
 
@@ -331,8 +425,9 @@ def test_preserve_human(daemon: Daemon, state_dir: Path, capsys) -> None:
     assert f"live {lun_dir / 'vol-000001.img'}" in out
 
 
-def test_preserve_wait_returns_with_the_volume_frozen(daemon: Daemon, state_dir: Path,
-                                                       capsys) -> None:
+def test_preserve_wait_returns_with_the_volume_frozen(
+    daemon: Daemon, state_dir: Path, capsys
+) -> None:
     result = run_json(capsys, state_dir, "preserve", "--wait", "lun0")
     assert result["luns"][0]["preserved"]["state"] == "frozen"
     volumes = run_json(capsys, state_dir, "volumes", "lun0")
@@ -348,6 +443,7 @@ def test_preserve_wait_returns_with_the_volume_frozen(daemon: Daemon, state_dir:
 
 def _hold_a_write(daemon: Daemon, loop_thread: LoopThread, data: bytes):
     """A WRITE of LBA 0 whose Data-Out has not arrived yet: in flight until released."""
+
     async def submit():
         payload = asyncio.get_running_loop().create_future()
         done = daemon.datapath.store("lun0").write(0, len(data) // 512, payload)
@@ -374,7 +470,8 @@ def _wait_for(predicate, what: str, timeout: float = 20.0) -> None:
 
 
 def test_preserve_without_wait_returns_while_pre_cut_io_runs(
-        daemon: Daemon, loop_thread: LoopThread, state_dir: Path, capsys) -> None:
+    daemon: Daemon, loop_thread: LoopThread, state_dir: Path, capsys
+) -> None:
     data = bytes([0xA5]) * 4096
     release = _hold_a_write(daemon, loop_thread, data)
     try:
@@ -395,17 +492,20 @@ def test_preserve_without_wait_returns_while_pre_cut_io_runs(
         assert f.read(len(data)) == data  # the pre-cut write is in the preserved image
 
 
-def test_preserve_wait_waits_for_pre_cut_io(daemon: Daemon, loop_thread: LoopThread,
-                                            state_dir: Path, capsys) -> None:
+def test_preserve_wait_waits_for_pre_cut_io(
+    daemon: Daemon, loop_thread: LoopThread, state_dir: Path, capsys
+) -> None:
     data = bytes([0x3C]) * 4096
     release = _hold_a_write(daemon, loop_thread, data)
     outcome: dict = {}
 
     def preserve() -> None:
-        outcome["code"] = cli.main(["--state-dir", str(state_dir), "--json", "preserve",
-                                    "--wait", "lun0"])
+        outcome["code"] = cli.main(
+            ["--state-dir", str(state_dir), "--json", "preserve", "--wait", "lun0"]
+        )
 
     worker = threading.Thread(target=preserve)
+
     def cut_taken() -> bool:  # a second volume exists, the held write still pre-cut
         return len(control.call(state_dir / "control.sock", "volumes", lun="lun0")) == 2
 
@@ -424,8 +524,9 @@ def test_preserve_wait_waits_for_pre_cut_io(daemon: Daemon, loop_thread: LoopThr
         assert f.read(len(data)) == data
 
 
-def test_preserve_of_a_lun_named_twice_cuts_it_once(daemon: Daemon, state_dir: Path,
-                                                     capsys) -> None:
+def test_preserve_of_a_lun_named_twice_cuts_it_once(
+    daemon: Daemon, state_dir: Path, capsys
+) -> None:
     result = run_json(capsys, state_dir, "preserve", "lun0", "lun0")
     assert [lun["name"] for lun in result["luns"]] == ["lun0"]
     assert len(run_json(capsys, state_dir, "volumes", "lun0")) == 2
@@ -435,12 +536,29 @@ def test_preserve_of_a_lun_named_twice_cuts_it_once(daemon: Daemon, state_dir: P
 
 
 def test_render_locks_table() -> None:
-    out = cli._render("locks", [
-        {"lun": "lun0", "seq": 17, "lba": 2048, "blocks": 8, "state": "held", "pre_cut": True,
-         "waiters": 2},
-        {"lun": "db", "seq": 19, "lba": 0, "blocks": 128, "state": "waiting", "pre_cut": False,
-         "waiters": 0},
-    ])
+    out = cli._render(
+        "locks",
+        [
+            {
+                "lun": "lun0",
+                "seq": 17,
+                "lba": 2048,
+                "blocks": 8,
+                "state": "held",
+                "pre_cut": True,
+                "waiters": 2,
+            },
+            {
+                "lun": "db",
+                "seq": 19,
+                "lba": 0,
+                "blocks": 128,
+                "state": "waiting",
+                "pre_cut": False,
+                "waiters": 0,
+            },
+        ],
+    )
     lines = out.splitlines()
     assert lines[0].split() == ["LUN", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS"]
     assert lines[1].split() == ["lun0", "17", "2048", "8", "held", "yes", "2"]
@@ -450,13 +568,39 @@ def test_render_locks_table() -> None:
 
 
 def test_render_volumes_table_flags_damage_and_hydration() -> None:
-    out = cli._render("volumes", [
-        {"generation": 0, "state": "frozen", "preserve": None, "clone": None, "hydrated": None,
-         "damaged": False, "path": "/s/vol-000000.img"},
-        {"generation": 1, "state": "live", "preserve": {"id": 3, "seq": 42, "time": "t1"},
-         "clone": "lazy", "hydrated": 0.5, "damaged": True, "path": "/s/vol-000001.img"},
-    ])
+    out = cli._render(
+        "volumes",
+        [
+            {
+                "generation": 0,
+                "state": "frozen",
+                "preserve": None,
+                "clone": None,
+                "hydrated": None,
+                "damaged": False,
+                "path": "/s/vol-000000.img",
+            },
+            {
+                "generation": 1,
+                "state": "live",
+                "preserve": {"id": 3, "seq": 42, "time": "t1"},
+                "clone": "lazy",
+                "hydrated": 0.5,
+                "damaged": True,
+                "path": "/s/vol-000001.img",
+            },
+        ],
+    )
     lines = out.splitlines()
     assert lines[1].split() == ["0", "frozen", "-", "-", "-", "-", "-", "/s/vol-000000.img"]
-    assert lines[2].split() == ["1", "live", "DAMAGED", "3", "42", "t1", "lazy", "50%",
-                                "/s/vol-000001.img"]
+    assert lines[2].split() == [
+        "1",
+        "live",
+        "DAMAGED",
+        "3",
+        "42",
+        "t1",
+        "lazy",
+        "50%",
+        "/s/vol-000001.img",
+    ]

@@ -56,8 +56,13 @@ async def internal_type_error():
 
 
 HANDLERS = {
-    "echo": echo, "nothing": nothing, "user": user_error, "backend": backend_error,
-    "protocol": protocol_error, "crash": plain_error, "typeerror": internal_type_error,
+    "echo": echo,
+    "nothing": nothing,
+    "user": user_error,
+    "backend": backend_error,
+    "protocol": protocol_error,
+    "crash": plain_error,
+    "typeerror": internal_type_error,
 }
 
 
@@ -105,7 +110,8 @@ async def assert_still_serving(path: Path) -> None:
 
 async def test_call_returns_the_handler_result(server: ControlServer) -> None:
     assert await call(server.path, "echo", value=[1, "a", {"b": None}]) == {
-        "value": [1, "a", {"b": None}], "extra": None,
+        "value": [1, "a", {"b": None}],
+        "extra": None,
     }
     assert await call(server.path, "echo", value=3, extra="x") == {"value": 3, "extra": "x"}
     assert await call(server.path, "nothing") is None
@@ -135,8 +141,12 @@ async def test_plain_exception_is_an_internal_error(server: ControlServer) -> No
 
 
 async def test_error_kinds_on_the_wire(server: ControlServer) -> None:
-    cases = {"user": "UserError", "backend": "BackendError", "protocol": "ProtocolError",
-             "crash": "InternalError"}
+    cases = {
+        "user": "UserError",
+        "backend": "BackendError",
+        "protocol": "ProtocolError",
+        "crash": "InternalError",
+    }
     for command, kind in cases.items():
         reply = await raw_reply(server.path, json.dumps({"command": command}).encode() + b"\n")
         assert reply["ok"] is False and reply["kind"] == kind, reply
@@ -152,7 +162,8 @@ async def test_other_kinds_become_a_generic_preserve_error(server: ControlServer
 
 
 async def test_a_type_error_inside_a_handler_is_not_blamed_on_the_caller(
-        server: ControlServer) -> None:
+    server: ControlServer,
+) -> None:
     reply = await raw_reply(server.path, b'{"command": "typeerror"}\n')
     assert reply["ok"] is False
     assert reply["kind"] == "InternalError", reply
@@ -161,25 +172,29 @@ async def test_a_type_error_inside_a_handler_is_not_blamed_on_the_caller(
 # ---- malformed requests ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("payload,kind,words", [
-    (b"not json\n", "ProtocolError", "not JSON"),
-    (b"\xff\xfe\x00\n", "ProtocolError", "not JSON"),
-    (b"\n", "ProtocolError", "not JSON"),
-    (b"[1, 2]\n", "ProtocolError", "'command'"),
-    (b'"echo"\n', "ProtocolError", "'command'"),
-    (b'{"args": {}}\n', "ProtocolError", "'command'"),
-    (b'{"command": 5}\n', "ProtocolError", "'command'"),
-    (b'{"command": "echo", "args": [1]}\n', "ProtocolError", "'args'"),
-    (b'{"command": "echo", "args": null}\n', "ProtocolError", "'args'"),
-    (b'{"command": "echo", "args": "value"}\n', "ProtocolError", "'args'"),
-    (b'{"command": "nope"}\n', "UserError", "unknown command 'nope'"),
-    (b'{"command": "echo"}\n', "UserError", "bad arguments"),
-    (b'{"command": "echo", "args": {"value": 1, "bogus": 2}}\n', "UserError", "bad arguments"),
-    (b'{"command": "nothing", "args": {"x": 1}}\n', "UserError", "bad arguments"),
-    (b'{"command": "echo", "args": {"1": 2}}\n', "UserError", "bad arguments"),
-])
+@pytest.mark.parametrize(
+    "payload,kind,words",
+    [
+        (b"not json\n", "ProtocolError", "not JSON"),
+        (b"\xff\xfe\x00\n", "ProtocolError", "not JSON"),
+        (b"\n", "ProtocolError", "not JSON"),
+        (b"[1, 2]\n", "ProtocolError", "'command'"),
+        (b'"echo"\n', "ProtocolError", "'command'"),
+        (b'{"args": {}}\n', "ProtocolError", "'command'"),
+        (b'{"command": 5}\n', "ProtocolError", "'command'"),
+        (b'{"command": "echo", "args": [1]}\n', "ProtocolError", "'args'"),
+        (b'{"command": "echo", "args": null}\n', "ProtocolError", "'args'"),
+        (b'{"command": "echo", "args": "value"}\n', "ProtocolError", "'args'"),
+        (b'{"command": "nope"}\n', "UserError", "unknown command 'nope'"),
+        (b'{"command": "echo"}\n', "UserError", "bad arguments"),
+        (b'{"command": "echo", "args": {"value": 1, "bogus": 2}}\n', "UserError", "bad arguments"),
+        (b'{"command": "nothing", "args": {"x": 1}}\n', "UserError", "bad arguments"),
+        (b'{"command": "echo", "args": {"1": 2}}\n', "UserError", "bad arguments"),
+    ],
+)
 async def test_malformed_request_gets_an_error_and_the_server_keeps_serving(
-        server: ControlServer, payload: bytes, kind: str, words: str) -> None:
+    server: ControlServer, payload: bytes, kind: str, words: str
+) -> None:
     reply = await raw_reply(server.path, payload)
     assert reply["ok"] is False
     assert reply["kind"] == kind
@@ -194,8 +209,7 @@ async def test_unknown_command_through_the_client(server: ControlServer) -> None
         await call(server.path, "echo", bogus=1)
 
 
-async def test_a_client_that_sends_nothing_does_not_stop_the_server(
-        server: ControlServer) -> None:
+async def test_a_client_that_sends_nothing_does_not_stop_the_server(server: ControlServer) -> None:
     def connect_and_close() -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(str(server.path))
@@ -288,7 +302,8 @@ async def _fake_server(path: Path, behave) -> asyncio.AbstractServer:
 
 @pytest.mark.parametrize("read_first", [True, False])
 async def test_a_server_that_closes_without_answering_is_a_backend_error(
-        sock_dir: Path, read_first: bool) -> None:
+    sock_dir: Path, read_first: bool
+) -> None:
     async def close_silently(reader, writer):
         if read_first:
             await reader.readline()

@@ -30,14 +30,36 @@ K, M, G, T = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 # ---- parse_size ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,size", [
-    ("512", 512), ("4096", 4096), ("1048576", M),
-    ("1K", K), ("4M", 4 * M), ("1G", G), ("2T", 2 * T),
-    ("1k", K), ("4m", 4 * M), ("1g", G), ("2t", 2 * T),
-    ("1KiB", K), ("1KB", K), ("4MiB", 4 * M), ("4MB", 4 * M), ("1GiB", G), ("1GB", G),
-    ("1TiB", T), ("1kib", K), ("1kb", K), ("1gib", G),
-    ("512B", 512), (" 1G ", G), ("1 G", G), ("3M", 3 * M),
-])
+@pytest.mark.parametrize(
+    "text,size",
+    [
+        ("512", 512),
+        ("4096", 4096),
+        ("1048576", M),
+        ("1K", K),
+        ("4M", 4 * M),
+        ("1G", G),
+        ("2T", 2 * T),
+        ("1k", K),
+        ("4m", 4 * M),
+        ("1g", G),
+        ("2t", 2 * T),
+        ("1KiB", K),
+        ("1KB", K),
+        ("4MiB", 4 * M),
+        ("4MB", 4 * M),
+        ("1GiB", G),
+        ("1GB", G),
+        ("1TiB", T),
+        ("1kib", K),
+        ("1kb", K),
+        ("1gib", G),
+        ("512B", 512),
+        (" 1G ", G),
+        ("1 G", G),
+        ("3M", 3 * M),
+    ],
+)
 def test_parse_size_accepts(text: str, size: int) -> None:
     assert parse_size(text) == size
 
@@ -55,10 +77,29 @@ def test_parse_size_refuses_zero_and_non_multiples_of_512(text: str) -> None:
     assert repr(text) in str(info.value)
 
 
-@pytest.mark.parametrize("text", [
-    "", " ", "-1", "-1G", "+1G", "abc", "G", "1X", "1.5G", "1e9", "0x200", "1GG", "1 G B",
-    "1Gi", "1P", "one", "1,024", "1_024",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "-1",
+        "-1G",
+        "+1G",
+        "abc",
+        "G",
+        "1X",
+        "1.5G",
+        "1e9",
+        "0x200",
+        "1GG",
+        "1 G B",
+        "1Gi",
+        "1P",
+        "one",
+        "1,024",
+        "1_024",
+    ],
+)
 def test_parse_size_refuses_garbage(text: str) -> None:
     with pytest.raises(UserError, match="bad size") as info:
         parse_size(text)
@@ -68,11 +109,14 @@ def test_parse_size_refuses_garbage(text: str) -> None:
 # ---- parse_lun -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,spec", [
-    ("lun0:4M", LunSpec("lun0", 4 * M)),
-    ("db.data-1:1G", LunSpec("db.data-1", G)),
-    ("x:512", LunSpec("x", 512)),
-])
+@pytest.mark.parametrize(
+    "text,spec",
+    [
+        ("lun0:4M", LunSpec("lun0", 4 * M)),
+        ("db.data-1:1G", LunSpec("db.data-1", G)),
+        ("x:512", LunSpec("x", 512)),
+    ],
+)
 def test_parse_lun_accepts(text: str, spec: LunSpec) -> None:
     assert parse_lun(text) == spec
 
@@ -82,8 +126,9 @@ def test_parse_lun_needs_a_colon() -> None:
         parse_lun("lun0")
 
 
-@pytest.mark.parametrize("text", [":1G", "bad/name:1G", "-lun:1G", "a:b:1G", "l\u00fcn:1G",
-                                  "x" * 65 + ":1G"])
+@pytest.mark.parametrize(
+    "text", [":1G", "bad/name:1G", "-lun:1G", "a:b:1G", "l\u00fcn:1G", "x" * 65 + ":1G"]
+)
 def test_parse_lun_refuses_a_bad_name(text: str) -> None:
     with pytest.raises(UserError, match="bad LUN name"):
         parse_lun(text)
@@ -98,21 +143,38 @@ def test_parse_lun_refuses_a_bad_size(text: str) -> None:
 # ---- parse_portal ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text,portal", [
-    ("127.0.0.1:3260", ("127.0.0.1", 3260)),
-    ("0.0.0.0:3261", ("0.0.0.0", 3261)),
-    ("localhost:0", ("localhost", 0)),
-    ("[::1]:3260", ("::1", 3260)),
-    ("[fe80::1%lo]:65535", ("fe80::1%lo", 65535)),
-])
+@pytest.mark.parametrize(
+    "text,portal",
+    [
+        ("127.0.0.1:3260", ("127.0.0.1", 3260)),
+        ("0.0.0.0:3261", ("0.0.0.0", 3261)),
+        ("localhost:0", ("localhost", 0)),
+        ("[::1]:3260", ("::1", 3260)),
+        ("[fe80::1%lo]:65535", ("fe80::1%lo", 65535)),
+    ],
+)
 def test_parse_portal_accepts(text: str, portal: tuple[str, int]) -> None:
     assert parse_portal(text) == portal
 
 
-@pytest.mark.parametrize("text", [
-    "", "127.0.0.1", "127.0.0.1:", ":3260", "host:port", "host:65536", "host:99999",
-    "host:-1", "host: 3260", "host:3260 ", "[::1]", "host:0x10", "host:3.5",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "127.0.0.1",
+        "127.0.0.1:",
+        ":3260",
+        "host:port",
+        "host:65536",
+        "host:99999",
+        "host:-1",
+        "host: 3260",
+        "host:3260 ",
+        "[::1]",
+        "host:0x10",
+        "host:3.5",
+    ],
+)
 def test_parse_portal_refuses(text: str) -> None:
     with pytest.raises(UserError, match="bad --portal") as info:
         parse_portal(text)
@@ -136,22 +198,36 @@ def _serve_args(argv: list[str]) -> argparse.Namespace:
 
 def test_config_from_defaults(tmp_path: Path) -> None:
     config = config_from(_serve_args(["--state-dir", str(tmp_path)]))
-    assert config == Config(tmp_path.resolve(), "127.0.0.1", 3260, [LunSpec("lun0", G)],
-                            DEFAULT_IQN)
+    assert config == Config(
+        tmp_path.resolve(), "127.0.0.1", 3260, [LunSpec("lun0", G)], DEFAULT_IQN
+    )
 
 
 def test_config_from_given_values(tmp_path: Path) -> None:
-    config = config_from(_serve_args([
-        "--state-dir", str(tmp_path), "--portal", "[::1]:3270", "--lun", "a:4M",
-        "--lun", "b:1G", "--iqn", "iqn.2026-11.test:t",
-    ]))
+    config = config_from(
+        _serve_args(
+            [
+                "--state-dir",
+                str(tmp_path),
+                "--portal",
+                "[::1]:3270",
+                "--lun",
+                "a:4M",
+                "--lun",
+                "b:1G",
+                "--iqn",
+                "iqn.2026-11.test:t",
+            ]
+        )
+    )
     assert (config.host, config.port) == ("::1", 3270)
     assert config.luns == [LunSpec("a", 4 * M), LunSpec("b", G)]  # in the order given
     assert config.iqn == "iqn.2026-11.test:t"
 
 
-def test_config_from_resolves_a_relative_state_dir(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_from_resolves_a_relative_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     config = config_from(_serve_args(["--state-dir", "state"]))
     assert config.state_dir == (tmp_path / "state").resolve()
@@ -172,11 +248,14 @@ def test_config_from_refuses_a_duplicated_lun_name(tmp_path: Path, luns: list[st
         config_from(_serve_args(argv))
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--portal", "nowhere"], "bad --portal"),
-    (["--lun", "lun0"], "bad --lun"),
-    (["--lun", "lun0:7"], "bad size"),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--portal", "nowhere"], "bad --portal"),
+        (["--lun", "lun0"], "bad --lun"),
+        (["--lun", "lun0:7"], "bad size"),
+    ],
+)
 def test_config_from_passes_on_bad_fields(tmp_path: Path, argv: list[str], words: str) -> None:
     with pytest.raises(UserError, match=words):
         config_from(_serve_args(["--state-dir", str(tmp_path), *argv]))

@@ -71,8 +71,13 @@ def test_read_of_an_empty_file_is_empty(tmp_path: Path) -> None:
 def test_one_json_object_per_line(tmp_path: Path) -> None:
     path = tmp_path / "journal"
     journal = Journal(path)
-    tricky = {"op": "abort", "cut": 2, "error": "line one\nline two\r\n{\"op\": \"x\"}\n",
-              "name": "caf\u00e9 \u2603", "nested": {"a": [1, 2, {"b": None}]}}
+    tricky = {
+        "op": "abort",
+        "cut": 2,
+        "error": 'line one\nline two\r\n{"op": "x"}\n',
+        "name": "caf\u00e9 \u2603",
+        "nested": {"a": [1, 2, {"b": None}]},
+    }
     try:
         journal.append({"op": "lun", "name": "lun0"})
         journal.append(tricky)

@@ -31,12 +31,20 @@ pytestmark = [
 def render(page: Path) -> tuple[str, str]:
     """Plain text of ``page`` as man(1) shows it, and what groff warned about."""
     env = {
-        **os.environ, "MANWIDTH": "80", "LC_ALL": "C.UTF-8", "MANPAGER": "cat", "PAGER": "cat",
+        **os.environ,
+        "MANWIDTH": "80",
+        "LC_ALL": "C.UTF-8",
+        "MANPAGER": "cat",
+        "PAGER": "cat",
     }
     env.pop("MAN_KEEP_FORMATTING", None)
     proc = subprocess.run(
         ["man", "--warnings", "--no-hyphenation", "--no-justification", "-l", str(page)],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, f"man -l {page.name} failed: {proc.stderr}"
     text = re.sub(r".\x08", "", proc.stdout)  # overstrike bold/underline, if any
@@ -53,7 +61,9 @@ def section(text: str, title: str) -> str:
 
 def long_options(parser: argparse.ArgumentParser) -> set[str]:
     return {
-        opt for action in parser._actions for opt in action.option_strings
+        opt
+        for action in parser._actions
+        for opt in action.option_strings
         if opt.startswith("--") and opt != "--help"
     }
 
@@ -94,8 +104,16 @@ def daemon_options() -> set[str]:
 def test_page_renders_without_warnings(page: Path) -> None:
     text, warnings = render(page)
     assert warnings == "", f"{page.name}: {warnings}"
-    for title in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "FILES",
-                  "EXAMPLES", "SEE ALSO"):
+    for title in (
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "EXIT STATUS",
+        "FILES",
+        "EXAMPLES",
+        "SEE ALSO",
+    ):
         assert section(text, title).strip(), f"{page.name}: empty section {title}"
 
 

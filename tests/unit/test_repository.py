@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tracked_files() -> list[Path]:
     try:
-        done = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True,
-                              check=True, timeout=30)
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True, timeout=30
+        )
     except (OSError, subprocess.CalledProcessError) as err:
         pytest.fail(f"git ls-files failed in {ROOT}: {err}")
     return [ROOT / name for name in done.stdout.decode().split("\0") if name]

@@ -382,7 +382,8 @@ def test_clone_failure_aborts_the_whole_group() -> None:
     actions = e.clone_failed(cut, "b", "ENOSPC")
     assert cut.state is CutState.ABORTED and "ENOSPC" in (cut.error or "")
     assert sorted((d.lun, d.generation) for d in actions if isinstance(d, Discard)) == [
-        ("a", 1), ("b", 1)
+        ("a", 1),
+        ("b", 1),
     ]
     assert states(e) == [(0, LIVE)] and states(e, "b") == [(0, LIVE)]
     assert completes(actions) == [0], "wa no longer has a clone to reach"
