@@ -23,7 +23,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from targetcli_preserve.daemon import Config, Daemon, LunSpec
+from targetcli_preserve.daemon import Daemon
+from targetcli_preserve.options import Config, LunSpec
 
 SIZES = {"1 GiB": 1 << 30, "64 GiB": 64 << 30}
 DATA_WRITES = 256  # 64 KiB each, scattered: the volume has extents to clone
@@ -33,7 +34,7 @@ async def measure(state_dir: Path, size: int, samples: int) -> tuple[list[float]
     daemon = Daemon(Config(state_dir, "127.0.0.1", 0, [LunSpec("lun0", size)]))
     await daemon.start()
     try:
-        store = daemon.datapath.store("lun0")
+        store = daemon.services.datapath.store("lun0")
         step = store.num_blocks // DATA_WRITES
         for i in range(DATA_WRITES):
             await store.write(i * step, 128, os.urandom(65536))
@@ -41,17 +42,19 @@ async def measure(state_dir: Path, size: int, samples: int) -> tuple[list[float]
         latencies = []
         for i in range(samples):
             t0 = time.perf_counter()
-            cut = daemon.datapath.preserve(["lun0"])  # T taken here
+            cut = daemon.services.datapath.preserve(["lun0"])  # T taken here
             await store.write(i * 8, 1, block)  # post-cut: waits for the clone only
             latencies.append(time.perf_counter() - t0)
             done = await cut
             # Each sample starts from a settled LUN, as an administrator's cut would:
             # the previous preserve durable, its source frozen, the clone hydrated.
-            await daemon.datapath.durable(done)
-            await daemon.datapath.wait_frozen("lun0", done.new_generation["lun0"] - 1)
-            await daemon.datapath.volumes[("lun0", done.new_generation["lun0"])].wait_hydrated()
+            await daemon.services.datapath.durable(done)
+            await daemon.services.datapath.wait_frozen("lun0", done.new_generation["lun0"] - 1)
+            await daemon.services.datapath.volumes[
+                ("lun0", done.new_generation["lun0"])
+            ].wait_hydrated()
             await asyncio.sleep(0.02)
-        strategy = daemon.datapath.volumes[("lun0", samples)].strategy.value
+        strategy = daemon.services.datapath.volumes[("lun0", samples)].strategy.value
         return latencies, strategy
     finally:
         await daemon.stop()

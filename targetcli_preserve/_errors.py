@@ -20,3 +20,7 @@ class BackendError(PreserveError):
 
 class ProtocolError(PreserveError):
     """A peer broke a wire protocol: a malformed PDU, a bad CDB, a bad control request."""
+
+
+class DaemonUnreachable(UserError):
+    """No daemon listens on the control socket of this state directory."""

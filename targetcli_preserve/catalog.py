@@ -7,12 +7,9 @@ Layout of a state directory::
     STATE/daemon.lock                  held by the running daemon
     STATE/luns/NAME/vol-000000.img     generation 0 of LUN NAME, then 000001, ...
 
-Journal records (``op``): ``lun`` (a LUN was created), ``cut`` (a preserve began: T, the
-boot id, the new generation of every LUN of the group), ``commit`` (all its clones were
-made: post-cut I/O runs on them from now on), ``durable`` (the clones and both records
-are on stable storage), ``abort`` (it was rolled back), ``freeze`` (a generation
-drained), ``damaged`` (a pre-cut write failed to reach a clone). :func:`replay` folds
-them into :class:`Catalog`.
+The journal's records (records.py: a LUN created; a preserve's cut, commit, durable
+or abort; a generation frozen or damaged) are folded by :func:`replay` into a
+:class:`Catalog`.
 
 What a restart keeps (rule 9, with the LUNs' write-back cache, rule 8): ``cut`` and
 ``commit`` are written without waiting for the disk, so a preserve costs no fsync on the
@@ -27,12 +24,23 @@ generation that no command can reach any more is frozen.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import assert_never
 
 from ._errors import UserError
-from .preserve import VolumeState
+from .preserve import CutState, VolumeState
+from .records import (
+    CutAborted,
+    CutCommitted,
+    CutDurable,
+    CutTaken,
+    GenerationDamaged,
+    GenerationFrozen,
+    LunCreated,
+    Record,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 BLOCK_SIZE = 512
@@ -73,14 +81,21 @@ class LunRecord:
 
 @dataclass
 class CutRecord:
-    id: int
-    seq: int
+    id: int  # the preserve id
+    seq: int  # T
     time: str
     luns: dict[str, int]
     boot: str | None = None
-    committed: bool = False
-    durable: bool = False
-    aborted: bool = False
+    state: CutState = CutState.CLONING
+    durable: bool = False  # committed, and on stable storage with its clones
+
+    @property
+    def committed(self) -> bool:
+        return self.state is CutState.COMMITTED
+
+    @property
+    def aborted(self) -> bool:
+        return self.state is CutState.ABORTED
 
 
 class Catalog:
@@ -116,53 +131,49 @@ class Catalog:
 
     # ---- folding records -------------------------------------------------------
 
-    def apply(self, record: dict[str, Any]) -> None:
-        op = record["op"]
-        if op == "lun":
-            number = record.get("number")  # absent in journals from before LUN numbers
-            self.luns[record["name"]] = LunRecord(
-                record["name"],
-                record["size"],
-                record["block_size"],
-                record["wwn"],
-                self.free_lun_number() if number is None else number,
-                [GenerationRecord(0, 0, None, VolumeState.LIVE, record.get("time"))],
-            )
-        elif op == "cut":
-            cut = CutRecord(
-                record["cut"],
-                record["seq"],
-                record["time"],
-                dict(record["luns"]),
-                record.get("boot"),
-            )
-            self.cuts[cut.id] = cut
-            for name, index in cut.luns.items():
-                self.luns[name].generations.append(
-                    GenerationRecord(index, cut.seq, cut.id, VolumeState.CLONING, cut.time)
+    def apply(self, record: Record) -> None:
+        match record:
+            case LunCreated():
+                number = record.number
+                self.luns[record.name] = LunRecord(
+                    record.name,
+                    record.size,
+                    record.block_size,
+                    record.wwn,
+                    self.free_lun_number() if number is None else number,
+                    [GenerationRecord(0, 0, None, VolumeState.LIVE, record.time)],
                 )
-        elif op == "commit":
-            cut = self.cuts[record["cut"]]
-            cut.committed = True
-            for name, index in cut.luns.items():
-                gens = self.luns[name].generations
-                gens[-1].state = VolumeState.LIVE
-                if gens[-2].state is VolumeState.LIVE:
-                    gens[-2].state = VolumeState.DRAINING
-        elif op == "durable":
-            self.cuts[record["cut"]].durable = True
-        elif op == "abort":
-            cut = self.cuts[record["cut"]]
-            cut.aborted = True
-            for name, index in cut.luns.items():
-                gens = self.luns[name].generations
-                if gens and gens[-1].index == index:
-                    gens.pop()
-                    gens[-1].state = VolumeState.LIVE  # the source serves again
-        elif op == "freeze":
-            self.generation(record["lun"], record["gen"]).state = VolumeState.FROZEN
-        elif op == "damaged":
-            self.generation(record["lun"], record["gen"]).damaged = True
+            case CutTaken():
+                cut = CutRecord(record.cut, record.seq, record.time, dict(record.luns), record.boot)
+                self.cuts[cut.id] = cut
+                for name, index in cut.luns.items():
+                    self.luns[name].generations.append(
+                        GenerationRecord(index, cut.seq, cut.id, VolumeState.CLONING, cut.time)
+                    )
+            case CutCommitted():
+                cut = self.cuts[record.cut]
+                cut.state = CutState.COMMITTED
+                for name in cut.luns:
+                    gens = self.luns[name].generations
+                    gens[-1].state = VolumeState.LIVE
+                    if gens[-2].state is VolumeState.LIVE:
+                        gens[-2].state = VolumeState.DRAINING
+            case CutDurable():
+                self.cuts[record.cut].durable = True
+            case CutAborted():
+                cut = self.cuts[record.cut]
+                cut.state = CutState.ABORTED
+                for name, index in cut.luns.items():
+                    gens = self.luns[name].generations
+                    if gens and gens[-1].index == index:
+                        gens.pop()
+                        gens[-1].state = VolumeState.LIVE  # the source serves again
+            case GenerationFrozen():
+                self.generation(record.lun, record.gen).state = VolumeState.FROZEN
+            case GenerationDamaged():
+                self.generation(record.lun, record.gen).damaged = True
+            case _:
+                assert_never(record)
 
     def generation(self, name: str, index: int) -> GenerationRecord:
         for gen in self.luns[name].generations:
@@ -190,7 +201,7 @@ class Catalog:
         ]
 
 
-def replay(state_dir: Path, records: list[dict[str, Any]]) -> Catalog:
+def replay(state_dir: Path, records: Iterable[Record]) -> Catalog:
     catalog = Catalog(state_dir)
     for record in records:
         catalog.apply(record)

@@ -8,10 +8,8 @@
     targetcli-preserve [--state-dir DIR] [--json] luns
 
 Every command but ``serve`` is one request to a running daemon over its control socket
-(``luns`` reads the state directory itself when no daemon runs). Exit codes: 0 done;
-1 the operation failed (storage, daemon); 2 bad usage or input (unknown LUN, bad
-argument, a state directory that cannot be used); 3 no daemon is running for the
-state directory. Output cut short by its reader (``| head``) is not an error.
+(``luns`` reads the state directory itself when no daemon runs). Exit codes and error
+messages: exits.py, the one boundary both programs share.
 
 A preserve is named the same way everywhere: its ``id``, the issue sequence number
 ``seq`` where it cut, and its ``time``.
@@ -21,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import __version__, control
-from ._errors import PreserveError, UserError
+from .exits import ExitCode, message, run_guarded
 from .options import add_serve_arguments
 from .statedir import check_state_dir, default_state_dir, lun_list, read_catalog
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
+PROG = "targetcli-preserve"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the result as JSON, for scripts",
     )
     parser = argparse.ArgumentParser(
-        prog="targetcli-preserve",
+        prog=PROG,
         parents=[common],
         description="Point-in-time copies of live iSCSI LUNs, with no I/O pause.",
     )
@@ -87,20 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .daemon import run_serve  # the daemon's imports are for serve alone
 
-        return run_serve(args, "targetcli-preserve")
-    try:
+        return run_serve(args, PROG)
+
+    def body() -> int:
         result = _run(args)
-    except control.DaemonUnreachable as err:
-        return _fail(err, EXIT_NO_DAEMON, args.json)
-    except UserError as err:
-        return _fail(err, EXIT_USAGE, args.json)
-    except PreserveError as err:
-        return _fail(err, EXIT_FAILED, args.json)
-    if args.json:
-        text = json.dumps(result, indent=2) + "\n"
-    else:
-        text = _render(args.command, result)
-    return _print(text)
+        text = json.dumps(result, indent=2) + "\n" if args.json else _render(args.command, result)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return ExitCode.OK
+
+    def json_error(err: BaseException, _code: ExitCode) -> None:
+        if args.json:  # scripts get the error as JSON on stdout too
+            print(json.dumps({"error": message(err), "kind": type(err).__name__}), flush=True)
+
+    return run_guarded(PROG, body, json_error)
 
 
 def _run(args: argparse.Namespace) -> Any:
@@ -124,26 +121,6 @@ def _run(args: argparse.Namespace) -> Any:
         except control.DaemonUnreachable:  # the state directory still says what it holds
             return lun_list(read_catalog(state_dir), served=set())
     return control.call(socket_path, args.command)
-
-
-def _print(text: str) -> int:
-    """Write the result; a reader that stops early (``| head -1``) is not an error."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    return 0
-
-
-def _fail(err: PreserveError, code: int, as_json: bool) -> int:
-    print(f"targetcli-preserve: {err}", file=sys.stderr)
-    if as_json:
-        _print(json.dumps({"error": str(err), "kind": type(err).__name__}) + "\n")
-    return code
 
 
 # ---- human-readable output ------------------------------------------------------------
@@ -198,11 +175,12 @@ def _render(command: str, result: Any) -> str:
     if command == "locks":
         if not result:
             return "no locks held\n"
-        rows = [("LUN", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS")]
+        rows = [("LUN", "NAME", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS")]
         for lock in result:
             rows.append(
                 (
-                    lock["lun"],
+                    str(lock["lun"]),
+                    lock["name"],
                     str(lock["seq"]),
                     str(lock["lba"]),
                     str(lock["blocks"]),

@@ -24,13 +24,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._errors import BackendError, PreserveError, ProtocolError, UserError
+from ._errors import BackendError, DaemonUnreachable, PreserveError, ProtocolError, UserError
+
+__all__ = ["ControlServer", "DaemonUnreachable", "call"]
 
 log = logging.getLogger(__name__)
-
-
-class DaemonUnreachable(UserError):
-    """No daemon listens on the control socket of this state directory."""
 
 
 Handler = Callable[..., Awaitable[Any]]

@@ -1,146 +1,165 @@
-"""targetcli-preserved: the daemon that owns the engine, the volumes and the target.
+"""targetcli-preserved: the daemon's life, from start to stop.
 
-Start-up order (docs/design.md rule 9): lock the state directory, replay the journal, make
-the state consistent (roll back cuts that never committed, remove orphan clone files,
-freeze generations whose pre-cut commands the previous run's end cut off), open or
-create the LUNs' volumes, then serve: the built-in iSCSI target and the control socket.
+Start-up order (docs/design.md rule 9): bind the portal (so that an address in use
+fails before anything is created), lock the state directory, replay the journal, check
+every ``--lun`` against it, make the state consistent (recovery.py), open or create the
+LUNs' volumes, then serve: the control socket and the built-in iSCSI target. What a
+start made is undone in reverse order when a later step fails, and on stop; a state
+directory that the failed start itself created is removed.
+
+The pieces live elsewhere: options in options.py, recovery in recovery.py, the control
+commands' replies in commands.py, the data path in datapath.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
 import uuid
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TextIO
 
 from . import __version__
-from ._errors import PreserveError, UserError
-from .catalog import BLOCK_SIZE, Catalog, CutRecord, replay
+from ._errors import UserError
+from .boot import current_boot
+from .catalog import Catalog, replay
+from .commands import ControlCommands
 from .control import ControlServer
 from .datapath import Datapath
+from .exits import ExitCode, run_guarded
 from .iscsi.server import IscsiServer
-from .journal import Journal, current_boot
-from .options import Config, LunSpec, add_serve_arguments, config_from, format_portal
-from .preserve import Engine, VolumeState
+from .journal import Journal
+from .options import Config, add_serve_arguments, config_from, format_portal
+from .preserve import Engine
+from .records import read_records
+from .recovery import create_lun, recover
 from .scsi.target import LogicalUnit, LuIdentity, ScsiTarget
-from .statedir import check_state_dir, lun_list
-from .volumes import Volume, create_volume, open_volume, remove_volume
+from .statedir import check_state_dir
+from .volumes import Volume, open_volume
 
 log = logging.getLogger(__name__)
 
-_VOLUME_FILE = re.compile(r"vol-(\d{6})\.img\Z")
+
+@dataclass(frozen=True)
+class Services:
+    """What a started daemon runs."""
+
+    catalog: Catalog
+    engine: Engine
+    datapath: Datapath
+    target: ScsiTarget
+    server: IscsiServer
+    control: ControlServer
+    commands: ControlCommands
+
+    @property
+    def lun_numbers(self) -> dict[str, int]:
+        """Served LUN name -> LUN number."""
+        return self.commands.lun_numbers
 
 
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.catalog: Catalog | None = None
-        self.engine: Engine | None = None
-        self.datapath: Datapath | None = None
-        self.target: ScsiTarget | None = None
-        self.server: IscsiServer | None = None
-        self.control: ControlServer | None = None
-        self.lun_numbers: dict[str, int] = {}
-        self._lock_fd: int | None = None
+        self._services: Services | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
 
-    # ---- start and stop -----------------------------------------------------------
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("the daemon is not running")
+        return self._services
 
     async def start(self) -> None:
-        """Bring the daemon up; what could fail is checked before anything is created,
-        and a state directory this attempt created is removed again if it fails."""
+        """Bring the daemon up; on failure undo what this start made and re-raise."""
         cfg = self.config
         check_state_dir(cfg.state_dir)
-        self.server = IscsiServer(cfg.host, cfg.port, {})
-        await self.server.listen()  # a portal in use fails here, before any file exists
         created = not cfg.state_dir.exists()
+        stack = contextlib.AsyncExitStack()
         try:
-            await self._start_in_state_dir()
+            self._services = await self._start(stack)
         except BaseException:
-            await self.stop()
+            await stack.aclose()
             if created:
                 shutil.rmtree(cfg.state_dir, ignore_errors=True)
             raise
+        self._stack = stack
 
-    async def _start_in_state_dir(self) -> None:
+    async def stop(self) -> None:
+        """Undo everything :meth:`start` made, newest first; safe to call again."""
+        stack, self._stack, self._services = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> Services:
         cfg = self.config
+        server = IscsiServer(cfg.host, cfg.port, {})
+        await server.listen()  # a portal in use fails here, before any file exists
+        stack.push_async_callback(server.close)
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as err:
             raise UserError(
                 f"cannot create state directory {cfg.state_dir}: {err.strerror}"
             ) from err
-        self._lock_state_dir()
+        stack.callback(os.close, self._lock_state_dir())
         journal_path = cfg.state_dir / "journal"
-        catalog = replay(cfg.state_dir, Journal.read(journal_path))
+        catalog = replay(cfg.state_dir, read_records(journal_path))
         for spec in cfg.luns:  # refuse a wrong --lun before the journal gets any record
-            record = catalog.luns.get(spec.name)
-            if record is not None and record.size != spec.size:
+            existing = catalog.luns.get(spec.name)
+            if existing is not None and existing.size != spec.size:
                 raise UserError(
-                    f"LUN {spec.name!r} exists with size {record.size}, not {spec.size}"
+                    f"LUN {spec.name!r} exists with size {existing.size}, not {spec.size}"
                 )
         journal = Journal(journal_path)
-        self.catalog = catalog
+        stack.callback(journal.close)
+        await recover(catalog, journal, current_boot())
         volumes: dict[tuple[str, int], Volume] = {}
-        try:
-            await self._recover(catalog, journal)
-            for spec in cfg.luns:
-                await self._ensure_lun(catalog, journal, spec)
-                record = catalog.luns[spec.name]
-                live = record.live.index
-                volumes[(spec.name, live)] = await open_volume(catalog.volume_path(spec.name, live))
-            engine = Engine(first_seq=catalog.last_seq, first_cut=catalog.next_cut_id)
-            for spec in cfg.luns:
-                gens = catalog.luns[spec.name].generations
-                engine.add_lun(spec.name, [(g.index, g.cut_seq, g.cut_id) for g in gens])
-        except BaseException:
-            for vol in volumes.values():
-                await vol.close()
-            journal.close()
-            raise
-        self.engine = engine
-        self.datapath = Datapath(engine, catalog, journal, volumes)
+        stack.push_async_callback(_close_all, volumes)  # until the data path owns them
         for spec in cfg.luns:
-            self.datapath.prepare_standby(spec.name)
-        self.lun_numbers = {spec.name: catalog.luns[spec.name].number for spec in cfg.luns}
-        self.target = ScsiTarget(
+            if spec.name not in catalog.luns:
+                await create_lun(catalog, journal, spec)
+            live = catalog.luns[spec.name].live.index
+            volumes[(spec.name, live)] = await open_volume(catalog.volume_path(spec.name, live))
+        engine = Engine(first_seq=catalog.last_seq, first_cut=catalog.next_cut_id)
+        for spec in cfg.luns:
+            gens = catalog.luns[spec.name].generations
+            engine.add_lun(spec.name, [(g.index, g.cut_seq, g.cut_id) for g in gens])
+        datapath = Datapath(engine, catalog, journal, volumes)
+        stack.push_async_callback(datapath.close)
+        # Closed before the data path: the target stops taking commands and waits for
+        # those still running (closing it twice is harmless: the first callback above
+        # only matters if a start fails before this point).
+        stack.push_async_callback(server.close)
+        for spec in cfg.luns:
+            datapath.prepare_standby(spec.name)
+        lun_numbers = {spec.name: catalog.luns[spec.name].number for spec in cfg.luns}
+        target = ScsiTarget(
             {
                 number: LogicalUnit(
-                    self.datapath.store(name),
+                    datapath.store(name),
                     LuIdentity(name=name, wwn=uuid.UUID(catalog.luns[name].wwn)),
                 )
-                for name, number in self.lun_numbers.items()
+                for name, number in lun_numbers.items()
             }
         )
-        self.server.targets[cfg.iqn] = self.target
-        self.control = ControlServer(cfg.state_dir / "control.sock", self._handlers())
-        await self.control.start()
-        await self.server.start()
+        server.targets[cfg.iqn] = target
+        commands = ControlCommands(cfg, catalog, engine, datapath, server, lun_numbers)
+        control = ControlServer(cfg.state_dir / "control.sock", commands.handlers())
+        await control.start()
+        stack.push_async_callback(control.close)
+        await server.start()
+        return Services(catalog, engine, datapath, target, server, control, commands)
 
-    async def stop(self) -> None:
-        """Stop whatever :meth:`start` got to; safe to call again."""
-        control, self.control = self.control, None
-        if control is not None:
-            await control.close()
-        server, self.server = self.server, None
-        if server is not None:
-            await server.close()
-        datapath, self.datapath = self.datapath, None
-        if datapath is not None:
-            await datapath.close()
-            datapath.journal.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def _lock_state_dir(self) -> None:
+    def _lock_state_dir(self) -> int:
+        """Only one daemon per state directory: hold an flock(2) while running."""
         path = self.config.state_dir / "daemon.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -148,174 +167,19 @@ class Daemon:
         except BlockingIOError:
             os.close(fd)
             raise UserError(f"another daemon is using {self.config.state_dir}") from None
-        self._lock_fd = fd
+        return fd
 
-    async def _recover(self, catalog: Catalog, journal: Journal) -> None:
-        """Make the state directory consistent before any I/O (rule 9)."""
-        for cut in catalog.cuts_to_roll_back(current_boot()):  # V stays (or is again) live
-            for name, index in cut.luns.items():
-                await remove_volume(catalog.volume_path(name, index))
-            record = {
-                "op": "abort",
-                "cut": cut.id,
-                "error": "the daemon stopped before the "
-                "preserve was " + ("durable" if cut.committed else "committed"),
-            }
-            journal.append(record)
-            catalog.apply(record)
-            log.warning("rolled back preserve %d at seq %d: %s", cut.id, cut.seq, record["error"])
-        for name, index in catalog.generations_to_freeze():  # its pre-cut commands ended
-            record = {"op": "freeze", "lun": name, "gen": index}
-            journal.append(record)
-            catalog.apply(record)
-        for name, lun in catalog.luns.items():  # clones begun before their ``cut`` record
-            for path in _volume_files(catalog.lun_dir(name)):
-                if int(_VOLUME_FILE.match(path.name).group(1)) > lun.live.index:
-                    await remove_volume(path)
 
-    async def _ensure_lun(self, catalog: Catalog, journal: Journal, spec: LunSpec) -> None:
-        if spec.name in catalog.luns:
-            return  # its size was checked at start
-        lun_dir = catalog.lun_dir(spec.name)
-        lun_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for path in _volume_files(lun_dir):  # a creation that crashed before its record
-            await remove_volume(path)
-        path = catalog.volume_path(spec.name, 0)
-        vol = await create_volume(path, spec.size)
+async def _close_all(volumes: dict[tuple[str, int], Volume]) -> None:
+    for vol in volumes.values():
         await vol.close()
-        record = {
-            "op": "lun",
-            "name": spec.name,
-            "size": spec.size,
-            "block_size": BLOCK_SIZE,
-            "wwn": str(uuid.uuid4()),
-            "number": catalog.free_lun_number(),
-        }
-        try:
-            journal.append(record)
-        except PreserveError:
-            await remove_volume(path)  # creation is transactional
-            raise
-        catalog.apply(record)
-
-    # ---- control commands ---------------------------------------------------------
-
-    def _handlers(self) -> dict[str, Any]:
-        return {
-            "preserve": self.cmd_preserve,
-            "status": self.cmd_status,
-            "volumes": self.cmd_volumes,
-            "locks": self.cmd_locks,
-            "luns": self.cmd_luns,
-        }
-
-    def _served(self, name: Any) -> str:
-        if not isinstance(name, str) or name not in self.lun_numbers:
-            raise UserError(f"no LUN named {name!r} is served")
-        return name
-
-    async def cmd_preserve(self, luns: list[str], wait: bool = False) -> dict[str, Any]:
-        if not isinstance(luns, list) or not luns:
-            raise UserError("preserve needs at least one LUN")
-        names = [self._served(n) for n in luns]
-        cut = await self.datapath.preserve(names)
-        await self.datapath.durable(cut)  # the admin's preserve survives a power loss
-        if wait:
-            await asyncio.gather(
-                *(self.datapath.wait_frozen(n, cut.new_generation[n] - 1) for n in cut.luns)
-            )
-        return {
-            **preserve_info(self.catalog.cuts[cut.id]),
-            "luns": [
-                {
-                    "name": n,
-                    "inflight_at_cut": cut.inflight_at_cut[n],
-                    "preserved": self._volume_info(n, cut.new_generation[n] - 1),
-                    "live": self._volume_info(n, cut.new_generation[n]),
-                }
-                for n in cut.luns
-            ],
-        }
-
-    async def cmd_status(self, lun: str | None = None) -> dict[str, Any]:
-        names = [self._served(lun)] if lun is not None else list(self.lun_numbers)
-        return {
-            "target": self.config.iqn,
-            "portal": format_portal(self.config.host, self.server.port),
-            "state_dir": str(self.config.state_dir),
-            "next_seq": self.engine.next_seq,
-            "luns": [self._lun_status(n) for n in names],
-        }
-
-    def _lun_status(self, name: str) -> dict[str, Any]:
-        record = self.catalog.luns[name]
-        gens = self.engine.generations(name)
-        cuts = [self.catalog.cuts[g.cut_id] for g in gens if g.cut_id is not None]
-        return {
-            "name": name,
-            "lun": self.lun_numbers[name],
-            "size": record.size,
-            "block_size": record.block_size,
-            "wwn": record.wwn,
-            "live": self._volume_info(name, gens[-1].index),
-            "inflight": self.engine.inflight(name),
-            "volumes": len(gens),
-            "draining": sum(g.state is VolumeState.DRAINING for g in gens),
-            "last_preserve": preserve_info(cuts[-1]) if cuts else None,
-        }
-
-    async def cmd_volumes(self, lun: str) -> list[dict[str, Any]]:
-        name = self._served(lun)
-        return [self._volume_info(name, g.index) for g in self.engine.generations(name)]
-
-    def _volume_info(self, name: str, index: int) -> dict[str, Any]:
-        gen = next(g for g in self.engine.generations(name) if g.index == index)
-        vol = self.datapath.volumes.get((name, index))
-        cut = self.catalog.cuts.get(gen.cut_id) if gen.cut_id is not None else None
-        return {
-            "generation": index,
-            "path": str(self.catalog.volume_path(name, index)),
-            "state": gen.state.value,
-            "preserve": preserve_info(cut) if cut is not None else None,
-            "damaged": gen.damaged,
-            "clone": vol.strategy.value if vol is not None and vol.strategy else None,
-            "hydrated": vol.hydration_progress() if vol is not None else None,
-        }
-
-    async def cmd_luns(self) -> list[dict[str, Any]]:
-        return lun_list(self.catalog, served=set(self.lun_numbers))
-
-    async def cmd_locks(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "lun": lock.lun,
-                "seq": lock.seq,
-                "lba": lock.start,
-                "blocks": lock.end - lock.start,
-                "state": "held" if lock.held else "waiting",
-                "pre_cut": lock.pre_cut,
-                "waiters": lock.waiters,
-            }
-            for lock in self.engine.locks()
-        ]
-
-
-def preserve_info(cut: CutRecord) -> dict[str, Any]:
-    """How every front end names a preserve: its id, the issue sequence number where
-    it cut (commands with a lower ``seq`` are in the preserved image), and its time."""
-    return {"id": cut.id, "seq": cut.seq, "time": cut.time}
-
-
-def _volume_files(lun_dir: Path) -> list[Path]:
-    if not lun_dir.is_dir():
-        return []
-    return sorted(p for p in lun_dir.iterdir() if _VOLUME_FILE.match(p.name))
+    volumes.clear()
 
 
 # ---- running it ---------------------------------------------------------------------
 
 
-async def serve(config: Config, out=sys.stdout) -> None:
+async def serve(config: Config, out: TextIO = sys.stdout) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
     daemon = Daemon(config)
     stop = asyncio.Event()
@@ -324,12 +188,15 @@ async def serve(config: Config, out=sys.stdout) -> None:
         loop.add_signal_handler(sig, stop.set)
     await daemon.start()
     try:
-        print(f"target {config.iqn} on {format_portal(config.host, daemon.server.port)}", file=out)
-        for name, number in sorted(daemon.lun_numbers.items(), key=lambda item: item[1]):
-            record = daemon.catalog.luns[name]
-            live = daemon.catalog.volume_path(name, record.live.index)
+        services = daemon.services
+        print(
+            f"target {config.iqn} on {format_portal(config.host, services.server.port)}", file=out
+        )
+        for name, number in sorted(services.lun_numbers.items(), key=lambda item: item[1]):
+            record = services.catalog.luns[name]
+            live = services.catalog.volume_path(name, record.live.index)
             print(f"  LUN {number}: {name} ({_human(record.size)}) {live}", file=out)
-        print(f"state {config.state_dir}; control socket {daemon.control.path}", file=out)
+        print(f"state {config.state_dir}; control socket {services.control.path}", file=out)
         print("ready", file=out, flush=True)
         await stop.wait()
     finally:
@@ -337,10 +204,9 @@ async def serve(config: Config, out=sys.stdout) -> None:
 
 
 def _human(size: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        scale = 1 << {"K": 10, "M": 20, "G": 30, "T": 40}[unit]
-        if size >= scale and size % scale == 0:
-            return f"{size // scale} {unit}iB"
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}iB"
     return f"{size} bytes"
 
 
@@ -356,19 +222,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_serve(args: argparse.Namespace, prog: str) -> int:
-    """Run ``serve``; errors are one line on stderr, prefixed with ``prog``.
-    Exit status: 0 clean stop, 2 bad input, 1 could not start or run."""
+    """Run ``serve`` in the foreground; exit 0 after a clean stop (see exits.py)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         asyncio.run(serve(config_from(args)))
-    except PreserveError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 2 if isinstance(err, UserError) else 1
-    except OSError as err:  # storage or the system failed outside a PreserveError
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"{prog}: {err.strerror or err}{where}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.OK
+
+    return run_guarded(prog, body)
 
 
 if __name__ == "__main__":

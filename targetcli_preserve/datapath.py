@@ -16,14 +16,14 @@ writes wait for that. catalog.py says what a restart keeps of each state.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from ._errors import BackendError, PreserveError
+from .boot import current_boot
 from .catalog import Catalog
-from .journal import Journal, current_boot
+from .journal import Journal
 from .preserve import (
     Action,
     Clone,
@@ -36,6 +36,17 @@ from .preserve import (
     Op,
     Start,
     VolumeState,
+)
+from .records import (
+    CutAborted,
+    CutCommitted,
+    CutDurable,
+    CutTaken,
+    GenerationDamaged,
+    GenerationFrozen,
+    Record,
+    encode,
+    timestamp,
 )
 from .volumes import LazyVolume, Volume, clone_volume, remove_volume
 
@@ -167,7 +178,7 @@ class Datapath:
         except (PreserveError, OSError) as err:
             error = _describe(err)
             if generation != cmd.home:  # rule 10: the preserve that made it is damaged
-                self._spawn(self._journal({"op": "damaged", "lun": cmd.lun, "gen": generation}))
+                self._spawn(self._journal(GenerationDamaged(cmd.lun, generation)))
         self._run(self.engine.io_done(cmd, (generation,), error))
 
     def _complete(self, cmd: Command) -> None:
@@ -193,16 +204,9 @@ class Datapath:
         the page cache (a daemon crash keeps them), and :meth:`durable` follows in the
         background (see catalog.py for what a restart keeps)."""
         cut, clones = self.engine.cut(luns)
-        record = {
-            "op": "cut",
-            "cut": cut.id,
-            "seq": cut.seq,
-            "time": _now(),
-            "boot": self._boot,
-            "luns": dict(cut.new_generation),
-        }
+        record = CutTaken(cut.id, cut.seq, timestamp(), dict(cut.new_generation), self._boot)
         try:
-            self.journal.write(record)  # before any clone exists: no orphan is ever needed
+            self.journal.write(encode(record))  # before any clone exists: no orphan is ever needed
         except BackendError as err:
             self._run(self.engine.clone_failed(cut, cut.luns[0], str(err)))
             failed = asyncio.get_running_loop().create_future()
@@ -218,9 +222,9 @@ class Datapath:
         )
         failure = next((r for r in made if isinstance(r, BaseException)), None)
         if failure is None:
-            commit = {"op": "commit", "cut": cut.id}
+            commit = CutCommitted(cut.id)
             try:
-                self.journal.write(commit)
+                self.journal.write(encode(commit))
             except BackendError as err:
                 failure = err
             else:
@@ -260,8 +264,8 @@ class Datapath:
         if earlier:
             await asyncio.gather(*earlier)
         await asyncio.gather(*(self.volumes[(n, cut.new_generation[n])].flush() for n in cut.luns))
-        record = {"op": "durable", "cut": cut.id}
-        await asyncio.to_thread(self.journal.append, record)
+        record = CutDurable(cut.id)
+        await asyncio.to_thread(self.journal.append, encode(record))
         self.catalog.apply(record)
 
     async def durable(self, cut: Cut) -> None:
@@ -351,7 +355,7 @@ class Datapath:
                 if vol is not None:
                     await vol.close()
                 await remove_volume(self.catalog.volume_path(action.lun, action.generation))
-        await self._journal({"op": "abort", "cut": cut.id, "error": cut.error})
+        await self._journal(CutAborted(cut.id, cut.error or ""))
         for name in cut.luns:
             self.prepare_standby(name)
 
@@ -361,7 +365,7 @@ class Datapath:
         if vol is not None:
             await vol.flush()
             await vol.freeze()
-        await self._journal({"op": "freeze", "lun": lun, "gen": generation})
+        await self._journal(GenerationFrozen(lun, generation))
         waiter = self._drained.pop((lun, generation), None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -374,9 +378,9 @@ class Datapath:
         waiter = self._drained.setdefault((lun, generation), loop.create_future())
         await asyncio.shield(waiter)
 
-    async def _journal(self, record: dict) -> None:
+    async def _journal(self, record: Record) -> None:
         try:
-            await asyncio.to_thread(self.journal.append, record)
+            await asyncio.to_thread(self.journal.append, encode(record))
         except BackendError:
             log.exception("journal write failed: %s", record)
             return
@@ -421,10 +425,6 @@ async def _gather(coros) -> None:
         await coros[0]
     else:
         await asyncio.gather(*coros)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
 def _describe(err: BaseException) -> str:

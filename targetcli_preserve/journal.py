@@ -6,8 +6,9 @@ crash together with the record that explains it. :meth:`Journal.write` is the ch
 half: the record survives a crash of the daemon (the kernel's page cache does) but not
 yet a power loss; :func:`current_boot` lets a restart tell which of the two happened.
 Every step is fsync'd, the preserve steps in the background (see catalog.py). A torn
-line (the daemon died in the middle of a write) is skipped on replay: that step never
-happened.
+last line (the daemon died in the middle of a write) is skipped on replay and cut off
+before the next append: that step never happened. Any other line that is not a record
+is corruption, reported with its line number. What each record means: records.py.
 
 The lock table and in-flight commands are never journalled: they only ever protect
 commands that a crash ends anyway.
@@ -15,12 +16,22 @@ commands that a crash ends anyway.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ._errors import BackendError
+from .boot import current_boot
+
+__all__ = ["Journal", "JournalCorrupt", "current_boot"]
+
+_MAX_TAIL = 1 << 20  # no record is this long: a longer last line is not a torn record
+
+
+class JournalCorrupt(BackendError):
+    """A journal line that is not a record this daemon understands (it names the line)."""
 
 
 class Journal:
@@ -35,22 +46,38 @@ class Journal:
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
-        """Every complete record in order; a torn line (a crash mid-append, later
-        terminated by :meth:`_terminate_torn_tail`) is skipped."""
+        """Every record in order (see :meth:`read_lines`)."""
+        return [record for _, record in Journal.read_lines(path)]
+
+    @staticmethod
+    def read_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+        """(line number, record) of every record in order. Only the last line may be
+        torn (the daemon died in the middle of writing it): it is skipped, that step
+        never happened. Any other line that is not a JSON object with an ``op`` is
+        corruption, a JournalCorrupt naming the line: the daemon does not guess."""
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return []
+        except OSError as err:
+            raise BackendError(f"cannot read journal {path}: {err.strerror}") from err
+        lines = raw.split(b"\n")
         records = []
-        for line in raw.split(b"\n"):
+        for number, line in enumerate(lines, 1):
+            last = number == len(lines)  # the bytes after the last newline
             if not line:
-                continue
+                if last:
+                    continue
+                raise JournalCorrupt(f"{path} line {number}: empty line")
             try:
                 record = json.loads(line)
-            except ValueError:
-                continue  # a torn write: that step never completed (later ones did)
-            if isinstance(record, dict) and "op" in record:
-                records.append(record)
+            except ValueError as err:
+                if last:
+                    continue  # a torn write: that step never completed
+                raise JournalCorrupt(f"{path} line {number}: not JSON ({err})") from err
+            if not isinstance(record, dict) or not isinstance(record.get("op"), str):
+                raise JournalCorrupt(f"{path} line {number}: not a record with an 'op'")
+            records.append((number, record))
         return records
 
     def append(self, record: dict[str, Any]) -> None:
@@ -61,11 +88,16 @@ class Journal:
 
     def write(self, record: dict[str, Any]) -> None:
         """Write one record without waiting for stable storage: it survives a crash of
-        the daemon (the page cache does), not yet a power loss. Cheap: one write(2)."""
+        the daemon (the page cache does), not yet a power loss. Cheap: one write(2).
+        A short write (a full disk) is undone, so no torn line is ever left behind."""
         line = json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
         try:
-            self._terminate_torn_tail()
-            os.write(self._fd, line)
+            self._drop_torn_tail()
+            size = os.fstat(self._fd).st_size
+            written = os.write(self._fd, line)
+            if written != len(line):
+                os.ftruncate(self._fd, size)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as err:
             raise BackendError(f"cannot write journal {self.path}: {err.strerror}") from err
 
@@ -79,20 +111,32 @@ class Journal:
         except OSError as err:
             raise BackendError(f"cannot sync journal {self.path}: {err.strerror}") from err
 
-    def _terminate_torn_tail(self) -> None:
-        """If a crash left a partial last line, end it so the next record stands alone."""
+    def _drop_torn_tail(self) -> None:
+        """If a crash left a partial last line, cut it off before appending, so that a
+        torn line is only ever the last one (what :meth:`read_lines` tolerates)."""
         if self._tail_checked:
             return
-        self._tail_checked = True
         size = os.fstat(self._fd).st_size
         if size:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                last = os.pread(fd, 1, size - 1)
+                tail = os.pread(fd, min(size, _MAX_TAIL), max(0, size - _MAX_TAIL))
             finally:
                 os.close(fd)
-            if last != b"\n":
-                os.write(self._fd, b"\n")
+            if not tail.endswith(b"\n"):
+                end = tail.rfind(b"\n")
+                if end < 0 and size > len(tail):
+                    raise JournalCorrupt(f"{self.path}: its last line is over {_MAX_TAIL} bytes")
+                complete = tail[end + 1 :]
+                try:
+                    whole = isinstance(json.loads(complete), dict)
+                except ValueError:
+                    whole = False
+                if whole:  # every byte but the newline arrived: keep the record
+                    os.write(self._fd, b"\n")
+                else:
+                    os.ftruncate(self._fd, size - len(complete))
+        self._tail_checked = True
 
     def close(self) -> None:
         os.close(self._fd)
@@ -104,11 +148,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def current_boot() -> str:
-    """The kernel's boot id: it changes exactly when the page cache may have been lost."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"

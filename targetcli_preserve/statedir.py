@@ -11,7 +11,7 @@ from typing import Any
 
 from ._errors import UserError
 from .catalog import Catalog, replay
-from .journal import Journal
+from .records import read_records
 
 
 def default_state_dir() -> Path:
@@ -41,11 +41,9 @@ def read_catalog(state_dir: Path) -> Catalog:
     check_state_dir(state_dir)
     if not state_dir.exists():
         raise UserError(f"there is no state directory {state_dir}")
-    journal = state_dir / "journal"
-    try:
-        return replay(state_dir, Journal.read(journal))  # no journal yet: no LUNs
-    except PermissionError as err:
-        raise UserError(f"not allowed to read {journal}: run as its owner (root)") from err
+    if not os.access(state_dir, os.R_OK | os.X_OK):
+        raise _private(state_dir)
+    return replay(state_dir, read_records(state_dir / "journal"))  # no journal: no LUNs
 
 
 def check_state_dir(state_dir: Path) -> None:
@@ -58,10 +56,7 @@ def check_state_dir(state_dir: Path) -> None:
     except NotADirectoryError:
         is_dir = False
     except PermissionError as err:
-        raise UserError(
-            f"cannot look into state directory {state_dir} (permission denied): "
-            "run as the user that owns it (root)"
-        ) from err
+        raise _private(state_dir) from err
     if not is_dir:
         raise UserError(f"state directory {state_dir} is not a directory")
     if len(os.fsencode(state_dir / "control.sock")) >= 108:  # sun_path, unix(7)
@@ -69,3 +64,10 @@ def check_state_dir(state_dir: Path) -> None:
             f"state directory {state_dir} is too long: its control socket path must be "
             "under 108 bytes"
         )
+
+
+def _private(state_dir: Path) -> UserError:
+    return UserError(
+        f"cannot look into state directory {state_dir} (permission denied): "
+        "run as the user that owns it (root)"
+    )

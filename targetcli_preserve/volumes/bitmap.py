@@ -34,16 +34,15 @@ one bit per chunk. Creation is O(1) in the volume size (ftruncate: a hole).
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import re
 import struct
 import threading
-import uuid
 from pathlib import Path
 
 from targetcli_preserve._errors import BackendError
+from targetcli_preserve.boot import current_boot_bytes
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +56,10 @@ _HEADER = struct.Struct("<8sHHQ16s")
 HEADER_SIZE = 64  # the bits start here
 _NOT_FULL = re.compile(rb"[^\xff]")
 
-BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-
-
-@functools.cache
-def _read_boot_id() -> bytes:
-    try:
-        return uuid.UUID(BOOT_ID_PATH.read_text().strip()).bytes
-    except (OSError, ValueError) as err:
-        raise BackendError(f"cannot read the kernel boot id from {BOOT_ID_PATH}: {err}") from err
-
 
 def current_boot_id() -> bytes:
     """16 bytes that differ for every boot of the kernel (so after any power loss)."""
-    return _read_boot_id()
+    return current_boot_bytes()
 
 
 def nbytes_for(nchunks: int) -> int:

@@ -38,7 +38,7 @@ def block(byte: int, n: int = 8) -> bytes:
 
 
 async def test_pre_cut_write_in_flight_reaches_both_volumes(daemon):
-    dp = daemon.datapath
+    dp = daemon.services.datapath
     store = dp.store("lun0")
     data = asyncio.get_running_loop().create_future()
     pre = store.write(0, 8, data)  # issued before the cut, its data still arriving
@@ -59,20 +59,20 @@ async def test_pre_cut_write_in_flight_reaches_both_volumes(daemon):
 
 
 async def test_write_whose_data_never_comes_releases_its_lock(daemon):
-    store = daemon.datapath.store("lun0")
+    store = daemon.services.datapath.store("lun0")
     data = asyncio.get_running_loop().create_future()
     write = store.write(0, 8, data)
     read = store.read(0, 8)
-    assert [lock["state"] for lock in await daemon.cmd_locks()] == ["held"]
+    assert [lock["state"] for lock in await daemon.services.commands.locks()] == ["held"]
     data.set_exception(ProtocolError("connection lost"))
     with pytest.raises(BackendError):
         await write
     assert await asyncio.wait_for(read, 5) == bytes(8 * BS)
-    assert await daemon.cmd_locks() == []
+    assert await daemon.services.commands.locks() == []
 
 
 async def test_one_cut_over_two_luns_shares_t(daemon):
-    dp = daemon.datapath
+    dp = daemon.services.datapath
     await dp.store("lun0").write(0, 8, block(1))
     await dp.store("lun1").write(0, 8, block(2))
     cut = await dp.preserve(["lun0", "lun1"])
@@ -85,7 +85,7 @@ async def test_one_cut_over_two_luns_shares_t(daemon):
 
 
 async def test_synchronize_cache_waits_for_the_cut_to_be_durable(daemon):
-    dp = daemon.datapath
+    dp = daemon.services.datapath
     store = dp.store("lun0")
     cut = await dp.preserve(["lun0"])
     await store.write(0, 8, block(5))
@@ -95,7 +95,7 @@ async def test_synchronize_cache_waits_for_the_cut_to_be_durable(daemon):
 
 
 async def test_failed_clone_has_no_effect_on_io(daemon, monkeypatch):
-    dp = daemon.datapath
+    dp = daemon.services.datapath
     store = dp.store("lun0")
     await store.write(0, 8, block(7))
     standby = dp._standby.pop("lun0", None)  # force a clone at the cut, then break it

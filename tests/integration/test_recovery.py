@@ -38,7 +38,7 @@ async def _started(state: Path) -> Daemon:
 async def _write_and_stop(state: Path, lba: int, byte: int) -> None:
     daemon = await _started(state)
     try:
-        await daemon.datapath.store("lun0").write(lba, 8, bytes([byte]) * 8 * BS)
+        await daemon.services.datapath.store("lun0").write(lba, 8, bytes([byte]) * 8 * BS)
     finally:
         await daemon.stop()
 
@@ -48,8 +48,10 @@ async def _lun_view(state: Path) -> tuple[list[tuple[int, str]], bytes]:
     through the data path, after a restart."""
     daemon = await _started(state)
     try:
-        vols = [(v["generation"], v["state"]) for v in await daemon.cmd_volumes("lun0")]
-        data = await daemon.datapath.store("lun0").read(0, 128)
+        vols = [
+            (v["generation"], v["state"]) for v in await daemon.services.commands.volumes("lun0")
+        ]
+        data = await daemon.services.datapath.store("lun0").read(0, 128)
         return vols, data
     finally:
         await daemon.stop()
@@ -172,7 +174,9 @@ def test_restart_keeps_cut_details(state):
     async def view():
         daemon = await _started(state)
         try:
-            return await daemon.cmd_volumes("lun0"), await daemon.cmd_status("lun0")
+            return await daemon.services.commands.volumes(
+                "lun0"
+            ), await daemon.services.commands.status("lun0")
         finally:
             await daemon.stop()
 

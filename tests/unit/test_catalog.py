@@ -19,6 +19,7 @@ from targetcli_preserve.catalog import (
     replay,
 )
 from targetcli_preserve.preserve import VolumeState
+from targetcli_preserve.records import decode
 
 SIZE = 4 << 20
 BOOT = "boot-now"
@@ -75,7 +76,7 @@ def states(catalog: Catalog, name: str = "lun0") -> list[tuple[int, VolumeState]
 
 
 def fold(tmp_path: Path, *records: dict) -> Catalog:
-    return replay(tmp_path, list(records))
+    return replay(tmp_path, [decode(r) for r in records])
 
 
 # ---- single records ------------------------------------------------------------------
@@ -206,10 +207,10 @@ def test_generation_lookup_of_an_unknown_index(tmp_path: Path) -> None:
 
 def test_replay_equals_applying_in_order(tmp_path: Path) -> None:
     records = [lun(), cut(1, 5, {"lun0": 1}), commit(1), durable(1), freeze("lun0", 0)]
-    replayed = replay(tmp_path, records)
+    replayed = replay(tmp_path, [decode(r) for r in records])
     by_hand = Catalog(tmp_path)
     for record in records:
-        by_hand.apply(record)
+        by_hand.apply(decode(record))
     assert replayed.state_dir == tmp_path
     assert replayed.luns == by_hand.luns and replayed.cuts == by_hand.cuts
 
@@ -323,7 +324,7 @@ def test_an_aborted_cut_is_never_rolled_back_again(
     catalog = _one_cut(
         tmp_path, committed=committed, durable_=durable_, boot=BOOT if same_boot else OTHER_BOOT
     )
-    catalog.apply(abort(1))
+    catalog.apply(decode(abort(1)))
     assert catalog.cuts_to_roll_back(BOOT) == []
 
 
@@ -372,7 +373,7 @@ def test_rolling_back_stacked_cuts_newest_first_restores_the_first_volume(tmp_pa
     undo = catalog.cuts_to_roll_back(BOOT)
     assert [c.id for c in undo] == [2, 1]
     for c in undo:  # what the daemon's recovery does, in the order given
-        catalog.apply(abort(c.id))
+        catalog.apply(decode(abort(c.id)))
     assert states(catalog) == [(0, LIVE)]
     assert catalog.generations_to_freeze() == []
     assert catalog.cuts_to_roll_back(BOOT) == []
@@ -391,10 +392,10 @@ def test_generations_to_freeze(tmp_path: Path) -> None:
         cut(3, 8, {"c": 1}),
     )  # cloning: its source is still live
     assert catalog.generations_to_freeze() == [("a", 0), ("a", 1), ("b", 0)]
-    catalog.apply(freeze("a", 0))
-    catalog.apply(freeze("b", 0))
+    catalog.apply(decode(freeze("a", 0)))
+    catalog.apply(decode(freeze("b", 0)))
     assert catalog.generations_to_freeze() == [("a", 1)]
-    catalog.apply(freeze("a", 1))
+    catalog.apply(decode(freeze("a", 1)))
     assert catalog.generations_to_freeze() == []
 
 
@@ -406,22 +407,22 @@ def test_nothing_to_freeze_without_cuts(tmp_path: Path) -> None:
 
 
 def test_lun_numbers_come_from_the_journal() -> None:
-    catalog = replay(Path("/s"), [{**lun("a"), "number": 3}, {**lun("b"), "number": 0}])
+    catalog = fold(Path("/s"), {**lun("a"), "number": 3}, {**lun("b"), "number": 0})
     assert {name: rec.number for name, rec in catalog.luns.items()} == {"a": 3, "b": 0}
     assert catalog.free_lun_number() == 1  # the lowest number nobody has
 
 
 def test_lun_records_without_a_number_get_the_lowest_free_in_creation_order() -> None:
     # a journal written before LUN numbers were recorded, then one more LUN created
-    catalog = replay(Path("/s"), [lun("b"), lun("a")])
+    catalog = fold(Path("/s"), lun("b"), lun("a"))
     assert {name: rec.number for name, rec in catalog.luns.items()} == {"b": 0, "a": 1}
-    catalog.apply({**lun("c"), "number": catalog.free_lun_number()})
+    catalog.apply(decode({**lun("c"), "number": catalog.free_lun_number()}))
     assert catalog.luns["c"].number == 2
 
 
 def test_free_lun_number_fills_gaps_first() -> None:
-    catalog = replay(Path("/s"), [{**lun(n), "number": i} for n, i in [("a", 0), ("b", 2)]])
+    catalog = fold(Path("/s"), *({**lun(n), "number": i} for n, i in [("a", 0), ("b", 2)]))
     assert catalog.free_lun_number() == 1
-    catalog.apply({**lun("c"), "number": catalog.free_lun_number()})
+    catalog.apply(decode({**lun("c"), "number": catalog.free_lun_number()}))
     assert catalog.free_lun_number() == 3
     assert replay(Path("/s"), []).free_lun_number() == 0

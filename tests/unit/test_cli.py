@@ -295,7 +295,7 @@ def test_exit_1_when_the_operation_fails(
 def test_status_json(daemon: Daemon, state_dir: Path, capsys) -> None:
     status = run_json(capsys, state_dir, "status")
     assert status["target"] == DEFAULT_IQN
-    assert status["portal"] == f"127.0.0.1:{daemon.server.port}"
+    assert status["portal"] == f"127.0.0.1:{daemon.services.server.port}"
     assert status["state_dir"] == str(state_dir)
     assert isinstance(status["next_seq"], int)
     [lun] = status["luns"]
@@ -320,7 +320,7 @@ def test_status_of_one_lun(daemon: Daemon, state_dir: Path, capsys) -> None:
 def test_status_human(daemon: Daemon, state_dir: Path, capsys) -> None:
     code, out, _ = run_cli(capsys, "--state-dir", str(state_dir), "status")
     assert code == 0
-    assert f"target {DEFAULT_IQN} on 127.0.0.1:{daemon.server.port}" in out
+    assert f"target {DEFAULT_IQN} on 127.0.0.1:{daemon.services.server.port}" in out
     assert f"state {state_dir}" in out
     header, row = out.splitlines()[2:4]
     assert header.split() == [
@@ -446,7 +446,7 @@ def _hold_a_write(daemon: Daemon, loop_thread: LoopThread, data: bytes):
 
     async def submit():
         payload = asyncio.get_running_loop().create_future()
-        done = daemon.datapath.store("lun0").write(0, len(data) // 512, payload)
+        done = daemon.services.datapath.store("lun0").write(0, len(data) // 512, payload)
         return payload, done
 
     payload, done = loop_thread.run(submit())
@@ -540,7 +540,8 @@ def test_render_locks_table() -> None:
         "locks",
         [
             {
-                "lun": "lun0",
+                "name": "lun0",
+                "lun": 0,
                 "seq": 17,
                 "lba": 2048,
                 "blocks": 8,
@@ -549,7 +550,8 @@ def test_render_locks_table() -> None:
                 "waiters": 2,
             },
             {
-                "lun": "db",
+                "name": "db",
+                "lun": 3,
                 "seq": 19,
                 "lba": 0,
                 "blocks": 128,
@@ -560,9 +562,11 @@ def test_render_locks_table() -> None:
         ],
     )
     lines = out.splitlines()
-    assert lines[0].split() == ["LUN", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS"]
-    assert lines[1].split() == ["lun0", "17", "2048", "8", "held", "yes", "2"]
-    assert lines[2].split() == ["db", "19", "0", "128", "waiting", "no", "0"]
+    assert lines[0].split() == [
+        "LUN", "NAME", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS",
+    ]  # fmt: skip
+    assert lines[1].split() == ["0", "lun0", "17", "2048", "8", "held", "yes", "2"]
+    assert lines[2].split() == ["3", "db", "19", "0", "128", "waiting", "no", "0"]
     # columns line up
     assert lines[0].index("SEQ") == lines[1].index("17") == lines[2].index("19")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from targetcli_preserve._errors import BackendError
-from targetcli_preserve.journal import Journal, current_boot
+from targetcli_preserve.journal import Journal, JournalCorrupt, current_boot
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -101,7 +101,7 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     assert Journal.read(path) == [{"op": "lun", "name": "lun0"}]
 
 
-def test_append_after_a_torn_tail_starts_a_fresh_line(tmp_path: Path) -> None:
+def test_append_after_a_torn_tail_cuts_it_off(tmp_path: Path) -> None:
     path = tmp_path / "journal"
     torn = b'{"op":"cut","cut":1,"luns":{"lun0":1'
     path.write_bytes(json.dumps({"op": "lun", "name": "lun0"}).encode() + b"\n" + torn)
@@ -116,8 +116,7 @@ def test_append_after_a_torn_tail_starts_a_fresh_line(tmp_path: Path) -> None:
         {"op": "abort", "cut": 1},
         {"op": "cut", "cut": 2, "seq": 7, "luns": {"lun0": 1}},
     ]
-    lines = path.read_bytes().split(b"\n")
-    assert lines[1] == torn  # the torn line stays, alone on its line
+    assert torn not in path.read_bytes()  # cut off: a torn line is only ever the last one
     # a second reopen finds a clean tail and still reads the same
     again = Journal(path)
     again.append({"op": "commit", "cut": 2})
@@ -135,20 +134,49 @@ def test_torn_tail_that_is_the_whole_file(tmp_path: Path) -> None:
     assert Journal.read(path) == [{"op": "lun", "name": "lun0"}]
 
 
-def test_garbage_lines_in_the_middle_are_skipped(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "bad,why",
+    [
+        (b"not json at all", "not JSON"),
+        (b'{"op":"half', "not JSON"),
+        (b"[1, 2, 3]", "not a record"),
+        (b'"a string"', "not a record"),
+        (b'{"no_op_field": 1}', "not a record"),
+        (b"\xff\xfe\x00", "not JSON"),
+        (b"", "empty line"),
+    ],
+)
+def test_a_bad_line_before_the_last_is_corruption_naming_the_line(
+    tmp_path: Path, bad: bytes, why: str
+) -> None:
     path = tmp_path / "journal"
-    path.write_bytes(
-        b'{"op":"a"}\n'
-        b"not json at all\n"
-        b'{"op":"half\n'
-        b"[1, 2, 3]\n"
-        b'"a string"\n'
-        b'{"no_op_field": 1}\n'
-        b"\xff\xfe\x00\n"
-        b"\n"
-        b'{"op":"b","n":2}\n'
-    )
-    assert Journal.read(path) == [{"op": "a"}, {"op": "b", "n": 2}]
+    path.write_bytes(b'{"op":"a"}\n' + bad + b'\n{"op":"b","n":2}\n')
+    with pytest.raises(JournalCorrupt, match=f"{path} line 2: {why}"):
+        Journal.read(path)
+
+
+def test_a_complete_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    path.write_bytes(b'{"op":"a"}\n{"op":"b"}')  # every byte but the newline arrived
+    assert Journal.read(path) == [{"op": "a"}, {"op": "b"}]
+    journal = Journal(path)
+    journal.append({"op": "c"})
+    journal.close()
+    assert Journal.read(path) == [{"op": "a"}, {"op": "b"}, {"op": "c"}]
+
+
+def test_a_short_write_is_undone(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "journal"
+    journal = Journal(path)
+    journal.append({"op": "a"})
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:5]))  # disk full
+    with pytest.raises(BackendError, match="cannot write journal"):
+        journal.write({"op": "b", "pad": "x" * 100})
+    monkeypatch.setattr(os, "write", real_write)
+    journal.append({"op": "c"})  # the disk has room again
+    journal.close()
+    assert Journal.read(path) == [{"op": "a"}, {"op": "c"}]
 
 
 def test_journal_file_mode_is_0600(tmp_path: Path) -> None:
