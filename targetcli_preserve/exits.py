@@ -70,6 +70,10 @@ def run_guarded(
 def _quiet_stdout() -> None:
     """The reader of stdout is gone: point stdout at /dev/null, so the interpreter's
     last flush at exit finds nowhere to fail."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (captured in tests): nothing to do
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, fileno)
     os.close(devnull)

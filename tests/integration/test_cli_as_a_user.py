@@ -427,3 +427,19 @@ def test_luns_of_a_state_dir_that_does_not_exist(short_dir: Path) -> None:
     assert one_line_error(done) == (
         f"targetcli-preserve: there is no state directory {short_dir / 'none'}"
     )
+
+
+def test_a_damaged_journal_stops_serve_naming_the_line(short_dir: Path) -> None:
+    served = Served(short_dir / "state", ["a:4M"]).start()
+    assert served.stop() == 0
+    journal = served.state_dir / "journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b'{"op":"freeze","lun":"a"}\n' + b"".join(lines[1:]))
+    done = run([*CLI, "--state-dir", str(served.state_dir), "serve", "--portal", "127.0.0.1:0",
+                "--lun", "a:4M"])  # fmt: skip
+    assert done.returncode == 1
+    assert one_line_error(done) == (
+        f"targetcli-preserve: {journal} line 2: 'freeze' record lacks field 'gen'"
+    )
+    done = run([*CLI, "--state-dir", str(served.state_dir), "luns"])
+    assert (done.returncode, "line 2" in done.stderr) == (1, True)
