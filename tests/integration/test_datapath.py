@@ -98,16 +98,12 @@ async def test_failed_clone_has_no_effect_on_io(daemon, monkeypatch):
     dp = daemon.services.datapath
     store = dp.store("lun0")
     await store.write(0, 8, block(7))
-    standby = dp._standby.pop("lun0", None)  # force a clone at the cut, then break it
-    if standby is not None:
-        made = await standby
-        if made is not None:
-            await dp._drop(made[1])
+    await dp.clones.close()  # no standby: force a clone at the cut, then break it
 
     async def broken(*args, **kwargs):
         raise BackendError("no space left on the device")
 
-    monkeypatch.setattr("targetcli_preserve.datapath.clone_volume", broken)
+    monkeypatch.setattr("targetcli_preserve.clones.clone_volume", broken)
     cut = dp.preserve(["lun0"])
     post = store.write(8, 8, block(8))  # post-cut: waits for the clone, then goes home
     with pytest.raises(BackendError, match="nothing was changed"):
