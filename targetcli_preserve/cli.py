@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,93 +128,113 @@ def _run(args: argparse.Namespace) -> Any:
 
 
 def _render(command: str, result: Any) -> str:
-    if command == "preserve":
-        lines = [f"preserve {_preserve_text(result)}"]
-        for lun in result["luns"]:
-            kept, live = lun["preserved"], lun["live"]
-            lines.append(
-                f"  {lun['name']}: preserved {kept['path']} ({kept['state']}), live {live['path']}"
+    render = _RENDERERS.get(command)
+    return render(result) if render else json.dumps(result, indent=2) + "\n"
+
+
+def _render_preserve(result: dict[str, Any]) -> str:
+    lines = [f"preserve {_preserve_text(result)}"]
+    for lun in result["luns"]:
+        kept, live = lun["preserved"], lun["live"]
+        lines.append(
+            f"  {lun['name']}: preserved {kept['path']} ({kept['state']}), live {live['path']}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _render_status(result: dict[str, Any]) -> str:
+    head = (
+        f"target {result['target']} on {result['portal']}\n"
+        f"state {result['state_dir']}, next seq {result['next_seq']}\n"
+    )
+    rows = [("LUN", "NAME", "SIZE", "LIVE VOLUME", "IN FLIGHT", "VOLUMES", "LAST PRESERVE")]
+    for lun in result["luns"]:
+        last = lun["last_preserve"]
+        rows.append(
+            (
+                str(lun["lun"]),
+                lun["name"],
+                str(lun["size"]),
+                lun["live"]["path"],
+                str(lun["inflight"]),
+                str(lun["volumes"]),
+                _preserve_text(last) if last else "-",
             )
-        return "\n".join(lines) + "\n"
-    if command == "status":
-        lines = [
-            f"target {result['target']} on {result['portal']}",
-            f"state {result['state_dir']}, next seq {result['next_seq']}",
-        ]
-        rows = [("LUN", "NAME", "SIZE", "LIVE VOLUME", "IN FLIGHT", "VOLUMES", "LAST PRESERVE")]
-        for lun in result["luns"]:
-            last = lun["last_preserve"]
-            rows.append(
-                (
-                    str(lun["lun"]),
-                    lun["name"],
-                    str(lun["size"]),
-                    lun["live"]["path"],
-                    str(lun["inflight"]),
-                    str(lun["volumes"]),
-                    _preserve_text(last) if last else "-",
-                )
+        )
+    return head + _table(rows)
+
+
+def _render_volumes(result: list[dict[str, Any]]) -> str:
+    rows = [("GEN", "STATE", "PRESERVE", "SEQ", "TIME", "CLONE", "HYDRATED", "PATH")]
+    for vol in result:
+        hydrated, made_by = vol["hydrated"], vol["preserve"]
+        rows.append(
+            (
+                str(vol["generation"]),
+                vol["state"] + (" DAMAGED" if vol["damaged"] else ""),
+                "-" if made_by is None else str(made_by["id"]),
+                "-" if made_by is None else str(made_by["seq"]),
+                "-" if made_by is None else made_by["time"],
+                vol["clone"] or "-",
+                "-" if hydrated is None else f"{hydrated:.0%}",
+                vol["path"],
             )
-        return "\n".join(lines) + "\n" + _table(rows)
-    if command == "volumes":
-        rows = [("GEN", "STATE", "PRESERVE", "SEQ", "TIME", "CLONE", "HYDRATED", "PATH")]
-        for vol in result:
-            hydrated, made_by = vol["hydrated"], vol["preserve"]
-            rows.append(
-                (
-                    str(vol["generation"]),
-                    vol["state"] + (" DAMAGED" if vol["damaged"] else ""),
-                    "-" if made_by is None else str(made_by["id"]),
-                    "-" if made_by is None else str(made_by["seq"]),
-                    "-" if made_by is None else made_by["time"],
-                    vol["clone"] or "-",
-                    "-" if hydrated is None else f"{hydrated:.0%}",
-                    vol["path"],
-                )
+        )
+    return _table(rows)
+
+
+def _render_locks(result: list[dict[str, Any]]) -> str:
+    if not result:
+        return "no locks held\n"
+    rows = [("LUN", "NAME", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS")]
+    for lock in result:
+        rows.append(
+            (
+                str(lock["lun"]),
+                lock["name"],
+                str(lock["seq"]),
+                str(lock["lba"]),
+                str(lock["blocks"]),
+                lock["state"],
+                "yes" if lock["pre_cut"] else "no",
+                str(lock["waiters"]),
             )
-        return _table(rows)
-    if command == "locks":
-        if not result:
-            return "no locks held\n"
-        rows = [("LUN", "NAME", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS")]
-        for lock in result:
-            rows.append(
-                (
-                    str(lock["lun"]),
-                    lock["name"],
-                    str(lock["seq"]),
-                    str(lock["lba"]),
-                    str(lock["blocks"]),
-                    lock["state"],
-                    "yes" if lock["pre_cut"] else "no",
-                    str(lock["waiters"]),
-                )
+        )
+    return _table(rows)
+
+
+def _render_luns(result: list[dict[str, Any]]) -> str:
+    if not result:
+        return "no LUNs\n"
+    rows = [("LUN", "NAME", "SIZE", "WWN", "VOLUMES", "SERVED")]
+    for lun in result:
+        rows.append(
+            (
+                str(lun["lun"]),
+                lun["name"],
+                str(lun["size"]),
+                lun["wwn"],
+                str(lun["volumes"]),
+                "yes" if lun["served"] else "no",
             )
-        return _table(rows)
-    if command == "luns":
-        if not result:
-            return "no LUNs\n"
-        rows = [("LUN", "NAME", "SIZE", "WWN", "VOLUMES", "SERVED")]
-        for lun in result:
-            rows.append(
-                (
-                    str(lun["lun"]),
-                    lun["name"],
-                    str(lun["size"]),
-                    lun["wwn"],
-                    str(lun["volumes"]),
-                    "yes" if lun["served"] else "no",
-                )
-            )
-        return _table(rows)
-    return json.dumps(result, indent=2) + "\n"
+        )
+    return _table(rows)
+
+
+_RENDERERS: dict[str, Callable[[Any], str]] = {
+    "preserve": _render_preserve,
+    "status": _render_status,
+    "volumes": _render_volumes,
+    "locks": _render_locks,
+    "luns": _render_luns,
+}
 
 
 def _preserve_text(preserve: dict[str, Any]) -> str:
     return f"{preserve['id']} at seq {preserve['seq']} ({preserve['time']})"
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n" for row in rows

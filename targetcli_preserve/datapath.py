@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ._errors import BackendError, PreserveError
 from .catalog import Catalog
@@ -22,13 +23,14 @@ from .clones import Clones, Volumes
 from .journal import Journal
 from .preserve import Action, Command, Complete, Cut, Engine, Freeze, Op, Start
 from .preserving import Preserves
+from .volumes import Bytes
 
-Payload = bytes | bytearray | memoryview
+Payload = Bytes  # a write's data, once it has arrived
 
 
 @dataclass(slots=True)
 class _Pending:
-    future: asyncio.Future[bytes | None]
+    future: asyncio.Future[Any]  # a read's bytes; None for a write or a flush
     payload: Payload | asyncio.Future[bytes] | None = None
     fua: bool = False
     result: bytes | None = None
@@ -66,15 +68,18 @@ class Datapath:
         op: Op,
         start: int,
         end: int,
-        payload: bytes | Awaitable[bytes] | None = None,
+        payload: Payload | Awaitable[bytes] | None = None,
         fua: bool = False,
-    ) -> asyncio.Future:
+    ) -> asyncio.Future[Any]:
         """Intake (fixes the seq now) and return a future for the command's result."""
         loop = asyncio.get_running_loop()
-        if payload is not None and not isinstance(payload, (bytes, bytearray, memoryview)):
-            payload = asyncio.ensure_future(payload)  # awaited by every target volume
+        data: Payload | asyncio.Future[bytes] | None
+        if payload is None or isinstance(payload, (bytes, bytearray, memoryview)):
+            data = payload
+        else:
+            data = asyncio.ensure_future(payload)  # awaited by every target volume
         cmd, actions = self.engine.submit(lun, op, start, end)
-        pending = _Pending(loop.create_future(), payload, fua)
+        pending = _Pending(loop.create_future(), data, fua)
         self._pending[cmd] = pending
         self._run(actions)
         return pending.future
@@ -115,6 +120,8 @@ class Datapath:
                 data = pending.payload
                 if isinstance(data, asyncio.Future):
                     data = await data  # Data-Out may still be arriving
+                if data is None:
+                    raise BackendError("a write without data")
             except (PreserveError, OSError, asyncio.CancelledError) as err:
                 self._run(self.engine.io_done(cmd, generations, _describe(err)))
                 return
@@ -134,7 +141,7 @@ class Datapath:
         self._run(self.engine.io_done(cmd, generations, error))
 
     async def _write_generation(
-        self, cmd: Command, generation: int, data: bytes, fua: bool
+        self, cmd: Command, generation: int, data: Payload, fua: bool
     ) -> None:
         error = None
         try:
@@ -199,15 +206,15 @@ class LunStore:
         self.block_size = block_size
         self.num_blocks = num_blocks
 
-    def read(self, lba: int, nblocks: int) -> Awaitable[bytes | None]:
+    def read(self, lba: int, nblocks: int) -> Awaitable[bytes]:
         return self._datapath.submit(self.name, Op.READ, lba, lba + nblocks)
 
     def write(
         self, lba: int, nblocks: int, data: Payload | Awaitable[bytes], fua: bool = False
-    ) -> Awaitable[bytes | None]:
+    ) -> Awaitable[None]:
         return self._datapath.submit(self.name, Op.WRITE, lba, lba + nblocks, data, fua)
 
-    def flush(self) -> Awaitable[bytes | None]:
+    def flush(self) -> Awaitable[None]:
         return self._datapath.submit(self.name, Op.FLUSH, 0, 0)
 
 

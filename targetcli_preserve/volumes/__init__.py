@@ -13,12 +13,13 @@ and clone metadata), ``api`` (the functions above), ``_executor`` (the thread po
 """
 
 from targetcli_preserve.volumes.api import clone_volume, create_volume, open_volume, remove_volume
-from targetcli_preserve.volumes.base import CloneStrategy, Volume
+from targetcli_preserve.volumes.base import Bytes, CloneStrategy, Volume
 from targetcli_preserve.volumes.file import FileVolume
 from targetcli_preserve.volumes.lazy import DEFAULT_CHUNK_SIZE, LazyVolume
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "Bytes",
     "CloneStrategy",
     "FileVolume",
     "LazyVolume",

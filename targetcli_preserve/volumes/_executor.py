@@ -43,7 +43,7 @@ class _Batcher:
 
 
 def _run_batch(loop: asyncio.AbstractEventLoop, batch: list[_Call]) -> None:
-    results = []
+    results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
     for fn, args, fut in batch:
         try:
             results.append((fut, fn(*args), None))

@@ -12,6 +12,8 @@ import abc
 import enum
 from pathlib import Path
 
+Bytes = bytes | bytearray | memoryview  # what a write takes: any contiguous bytes
+
 
 class CloneStrategy(enum.Enum):
     """How a clone was made (docs/design.md rule 3)."""
@@ -40,7 +42,7 @@ class Volume(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: Bytes) -> None:
         """Write ``data`` at ``offset``. Raises BackendError on failure or if frozen."""
 
     @abc.abstractmethod

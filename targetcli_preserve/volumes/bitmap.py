@@ -82,7 +82,7 @@ def _empty_image(nchunks: int) -> bytearray:
     return image
 
 
-def _or(a: bytes, b: bytes) -> bytes:
+def _or(a: bytes, b: bytes | bytearray) -> bytes:
     n = len(a)
     return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(n, "little")
 
@@ -177,7 +177,7 @@ class ChunkBitmap:
         vfd: int,
         nchunks: int,
         image: bytes,
-        durable: bytes,
+        durable: bytes | bytearray,
     ) -> None:
         self.path = path
         self.volatile_path = volatile_path

@@ -32,7 +32,7 @@ from pathlib import Path
 from targetcli_preserve._errors import BackendError, UserError
 from targetcli_preserve.volumes import sidecar
 from targetcli_preserve.volumes._executor import EXECUTOR, submit
-from targetcli_preserve.volumes.base import CloneStrategy, Volume
+from targetcli_preserve.volumes.base import Bytes, CloneStrategy, Volume
 
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 #: Larger cached reads still go to the executor so one memcpy never holds the loop long.
@@ -47,7 +47,7 @@ def pread_exact(fd: int, length: int, offset: int) -> bytes:
     return data
 
 
-def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: Bytes, offset: int) -> None:
     n = os.pwrite(fd, data, offset)
     if n == len(data):
         return
@@ -183,7 +183,7 @@ class FileVolume(Volume):
         except OSError as err:
             raise BackendError(f"read {self.path} at {offset}+{length}: {err.strerror}") from err
 
-    async def _write_file(self, offset: int, data: bytes) -> None:
+    async def _write_file(self, offset: int, data: Bytes) -> None:
         try:
             await submit(pwrite_all, self._fd, data, offset)
         except OSError as err:
@@ -268,7 +268,7 @@ class FileVolume(Volume):
             self._check_range(offset, length)
         return await self._read_file(offset, length)
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: Bytes) -> None:
         if self.read_only:
             raise BackendError(f"volume {self.path} is frozen (read-only)")
         if offset < 0 or offset + len(data) > self.size:

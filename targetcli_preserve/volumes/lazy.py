@@ -79,7 +79,7 @@ from pathlib import Path
 from targetcli_preserve._errors import BackendError
 from targetcli_preserve.volumes import sidecar
 from targetcli_preserve.volumes._executor import EXECUTOR
-from targetcli_preserve.volumes.base import CloneStrategy
+from targetcli_preserve.volumes.base import Bytes, CloneStrategy
 from targetcli_preserve.volumes.bitmap import ChunkBitmap
 from targetcli_preserve.volumes.file import (
     FileVolume,
@@ -571,7 +571,7 @@ class LazyVolume(FileVolume):
         finally:
             self._fg -= 1
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: Bytes) -> None:
         if self.read_only:
             raise BackendError(f"volume {self.path} is frozen (read-only)")
         length = len(data)
@@ -591,7 +591,7 @@ class LazyVolume(FileVolume):
         finally:
             self._fg -= 1
 
-    async def _write_hydrating(self, offset: int, data: bytes, first: int, last: int) -> None:
+    async def _write_hydrating(self, offset: int, data: Bytes, first: int, last: int) -> None:
         bm = self._bitmap
         # Take the lock objects synchronously (no await between the bit test and the
         # dict lookup), then acquire them in ascending chunk order: no deadlock.

@@ -27,6 +27,7 @@ import errno
 import fcntl
 import os
 import struct
+from collections.abc import Callable
 
 FICLONERANGE = 0x4020940D
 #: struct file_clone_range { __s64 src_fd; __u64 src_offset, src_length, dest_offset; }
@@ -55,6 +56,7 @@ def clone_range(dst_fd: int, src_fd: int, offset: int, length: int, dst_offset: 
 
 
 _SYNC_RANGE_FLAGS = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
+_sync_file_range: Callable[[int, int, int, int], int] | None
 try:
     _libc = ctypes.CDLL(None, use_errno=True)  # CDLL: the GIL is released during calls
     # cachestat only looks at the page cache, never waits: keep the GIL (PyDLL), saving
