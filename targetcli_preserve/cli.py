@@ -109,12 +109,12 @@ def _run(args: argparse.Namespace) -> Any:
         return control.call(
             socket_path,
             "preserve",
-            luns=args.luns,
+            names=args.luns,
             wait=args.wait,
             timeout=None if args.wait else 60.0,
         )
     if args.command in ("status", "volumes"):
-        kwargs = {"lun": args.lun} if args.lun is not None else {}
+        kwargs = {"name": args.lun} if args.lun is not None else {}
         return control.call(socket_path, args.command, **kwargs)
     if args.command == "luns":
         try:

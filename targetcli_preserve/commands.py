@@ -54,10 +54,10 @@ class ControlCommands:
             raise UserError(f"no LUN named {name!r} is served")
         return name
 
-    async def preserve(self, luns: list[str], wait: bool = False) -> dict[str, Any]:
-        if not isinstance(luns, list) or not luns:
+    async def preserve(self, names: list[str], wait: bool = False) -> dict[str, Any]:
+        if not isinstance(names, list) or not names:
             raise UserError("preserve needs at least one LUN")
-        names = [self._served(n) for n in luns]
+        names = [self._served(n) for n in names]
         cut = await self.datapath.preserve(names)
         await self.datapath.durable(cut)  # the admin's preserve survives a power loss
         if wait:
@@ -77,8 +77,8 @@ class ControlCommands:
             ],
         }
 
-    async def status(self, lun: str | None = None) -> dict[str, Any]:
-        names = [self._served(lun)] if lun is not None else list(self.lun_numbers)
+    async def status(self, name: str | None = None) -> dict[str, Any]:
+        names = [self._served(name)] if name is not None else list(self.lun_numbers)
         return {
             "target": self.config.iqn,
             "portal": format_portal(self.config.host, self.server.port),
@@ -104,8 +104,8 @@ class ControlCommands:
             "last_preserve": preserve_info(cuts[-1]) if cuts else None,
         }
 
-    async def volumes(self, lun: str) -> list[dict[str, Any]]:
-        name = self._served(lun)
+    async def volumes(self, name: str) -> list[dict[str, Any]]:
+        name = self._served(name)
         return [self._volume_info(name, g.index) for g in self.engine.generations(name)]
 
     def _volume_info(self, name: str, index: int) -> dict[str, Any]:

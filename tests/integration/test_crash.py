@@ -36,7 +36,7 @@ def _tools():
 
 def _preserve_quietly(served: Served) -> None:
     try:
-        served.call("preserve", luns=["lun0"])
+        served.call("preserve", names=["lun0"])
     except PreserveError:
         pass  # the daemon died under it: that is the point
 

@@ -66,7 +66,7 @@ def run_load_with_cut(served: Served, luns: list[int], names: list[str], seed: i
         ]
         while min(io.sent for io in ios) < first + 30:
             time.sleep(0.001)
-        cut = served.call("preserve", luns=names, wait=True)  # writes are in flight now
+        cut = served.call("preserve", names=names, wait=True)  # writes are in flight now
         sent_before = [io.sent for io in ios]
         for feeder in feeders:
             feeder.join(30)

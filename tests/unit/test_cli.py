@@ -507,7 +507,7 @@ def test_preserve_wait_waits_for_pre_cut_io(
     worker = threading.Thread(target=preserve)
 
     def cut_taken() -> bool:  # a second volume exists, the held write still pre-cut
-        return len(control.call(state_dir / "control.sock", "volumes", lun="lun0")) == 2
+        return len(control.call(state_dir / "control.sock", "volumes", name="lun0")) == 2
 
     try:
         worker.start()
