@@ -30,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, TypeVarTuple
 
 from targetcli_preserve._errors import BackendError, UserError
 from targetcli_preserve.volumes import sidecar
@@ -43,9 +45,11 @@ from targetcli_preserve.volumes.lazy import DEFAULT_CHUNK_SIZE, LazyVolume, read
 from targetcli_preserve.volumes.reflink import ReflinkUnsupported, probe
 
 _OPEN_FLAGS = os.O_CLOEXEC
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
-async def _run(fn, *args):  # type: ignore[no-untyped-def]
+async def _run(fn: Callable[[*Ts], T], *args: *Ts) -> T:
     return await asyncio.get_running_loop().run_in_executor(EXECUTOR, fn, *args)
 
 
