@@ -7,6 +7,7 @@ import fcntl
 from pathlib import Path
 
 import pytest
+from helpers.skips import not_applicable
 
 FICLONE = 0x40049409
 
@@ -30,5 +31,5 @@ def reflink_works(directory: Path) -> bool:
 def lazy_dir(tmp_path: Path) -> Path:
     """A directory on a filesystem without reflink (the lazy-clone path)."""
     if reflink_works(tmp_path):
-        pytest.skip(f"{tmp_path} supports reflink; these tests need a filesystem without it")
+        not_applicable(f"{tmp_path} supports reflink; these tests need a filesystem without it")
     return tmp_path
