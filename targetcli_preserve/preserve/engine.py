@@ -173,7 +173,7 @@ class _Lun:
     def __init__(self, name: str, generations: list[Generation]) -> None:
         self.name = name
         self.generations = generations
-        self.locks = LockTable()
+        self.locks: LockTable[Command] = LockTable()
         self.inflight: dict[int, int] = {}  # home generation -> commands in flight
         self.commands: dict[int, Command] = {}  # seq -> command in flight, issue order
 
