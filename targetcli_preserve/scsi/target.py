@@ -30,6 +30,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import dataclass
+from typing import assert_never
 
 from . import block
 from .cdb import (
@@ -232,7 +233,7 @@ class ScsiTarget:
                 return _truncate(mode_sense(unit, cmd), cmd.allocation_length)
             case ReportSupportedOpcodes():
                 return _truncate(report_supported_opcodes(cmd), cmd.allocation_length)
-        raise AssertionError(f"no handler for {cmd!r}")  # pragma: no cover
+        assert_never(cmd)  # pragma: no cover - mypy proves every Command has a case
 
 
 def _request_sense(unit: LogicalUnit | None, cmd: RequestSense) -> bytes:
