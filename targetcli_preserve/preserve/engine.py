@@ -173,7 +173,7 @@ class _Lun:
     def __init__(self, name: str, generations: list[Generation]) -> None:
         self.name = name
         self.generations = generations
-        self.locks = LockTable()
+        self.locks: LockTable[Command] = LockTable()
         self.inflight: dict[int, int] = {}  # home generation -> commands in flight
         self.commands: dict[int, Command] = {}  # seq -> command in flight, issue order
 
@@ -230,7 +230,7 @@ class Engine:
         return sum(self._lun(name).inflight.values())
 
     def locks(self) -> list[LockInfo]:
-        out = []
+        out: list[LockInfo] = []
         for lun in self._luns.values():
             newest_cut = lun.newest.cut_seq
             for cmd in lun.locks:
@@ -290,7 +290,7 @@ class Engine:
 
     def cut(self, lun_names: Sequence[str]) -> tuple[Cut, list[Action]]:
         """Take a cut over ``lun_names`` (a consistency group): one T for all (rule 2)."""
-        names = tuple(dict.fromkeys(lun_names))
+        names = tuple({name: None for name in lun_names})  # each once, in order
         if not names:
             raise UserError("preserve needs at least one LUN")
         luns = [self._lun(n) for n in names]
@@ -380,7 +380,7 @@ class Engine:
         """Start whatever I/O ``cmd`` may do now, or complete it."""
         if cmd.finished or cmd.blockers:
             return
-        ready = []
+        ready: list[int] = []
         waiting = False
         for index in self._needed(lun, cmd):
             if index in cmd.done or index in cmd.inflight:

@@ -22,31 +22,37 @@ the in-flight writes is the right structure: no tree to rebalance per command.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Generic, Protocol, Self, TypeVar
 
 
 class Lockable(Protocol):
-    """What the table needs of a command (see :class:`preserve.engine.Command`)."""
+    """What the table needs of a command (see :class:`preserve.engine.Command`).
 
-    seq: int
+    ``waiters`` holds commands of the same type as the one they wait for: the table
+    hands them back from :meth:`LockTable.release` as that type."""
+
     start: int
     end: int
-    blockers: int
-    waiters: list[Lockable]
+    blockers: int  # earlier overlapping writes it still waits for
+    waiters: list[Self]  # later commands waiting for this one, in issue order
 
     @property
     def is_write(self) -> bool: ...
 
 
-class LockTable:
-    """Range locks of one LUN. Commands must be added in issue (seq) order."""
+C = TypeVar("C", bound=Lockable)
+
+
+class LockTable(Generic[C]):
+    """Range locks of one LUN over commands of type ``C``. Commands must be added in
+    issue (seq) order."""
 
     __slots__ = ("_writes",)
 
     def __init__(self) -> None:
-        self._writes: list[Lockable] = []  # in-flight writes, in issue order
+        self._writes: list[C] = []  # in-flight writes, in issue order
 
-    def add(self, cmd: Lockable) -> int:
+    def add(self, cmd: C) -> int:
         """Register ``cmd`` at intake; return how many earlier writes it waits for."""
         if cmd.end <= cmd.start:
             return 0  # touches no block (a FLUSH, a zero-length transfer): waits for none
@@ -58,12 +64,12 @@ class LockTable:
             self._writes.append(cmd)
         return cmd.blockers
 
-    def release(self, cmd: Lockable) -> list[Lockable]:
+    def release(self, cmd: C) -> list[C]:
         """Drop ``cmd``'s lock once it has finished everywhere; return the commands
         that no longer wait for anything, in issue order."""
         if cmd.is_write and cmd.end > cmd.start:
             self._writes.remove(cmd)
-        freed = []
+        freed: list[C] = []
         for waiter in cmd.waiters:
             waiter.blockers -= 1
             if waiter.blockers == 0:
@@ -71,7 +77,7 @@ class LockTable:
         cmd.waiters.clear()
         return freed
 
-    def __iter__(self) -> Iterator[Lockable]:
+    def __iter__(self) -> Iterator[C]:
         return iter(self._writes)
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 
 from .._errors import BackendError, ProtocolError
 from .cdb import ByteCheck, Read, ReadCapacity16, SynchronizeCache, Verify, Write
@@ -172,9 +172,8 @@ async def _finish_verify(
     try:
         actual = await _finish_read(pending, length)
     except SenseError:
-        close = getattr(expected, "close", None)  # an un-awaited Data-Out coroutine
-        if close is not None:
-            close()
+        if isinstance(expected, Coroutine):  # an un-awaited Data-Out coroutine
+            expected.close()
         raise
     if expected is None:
         return b""

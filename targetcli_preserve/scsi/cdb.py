@@ -450,10 +450,14 @@ _SPECS = (
     CommandSpec(Opcode.WRITE_12, None, _usage(0xAA, 0x1A, _ff(4), _ff(4), 0, _CTL), _write_n),
 )
 
+
+def _ascending(spec: CommandSpec) -> tuple[int, int]:
+    return spec.opcode, spec.service_action or 0
+
+
 # (opcode, service action or None) -> spec, in ascending order
 COMMANDS: dict[tuple[int, int | None], CommandSpec] = {
-    (s.opcode, s.service_action): s
-    for s in sorted(_SPECS, key=lambda s: (s.opcode, s.service_action or 0))
+    (s.opcode, s.service_action): s for s in sorted(_SPECS, key=_ascending)
 }
 SERVICE_ACTION_OPCODES = frozenset(s.opcode for s in _SPECS if s.service_action is not None)
 

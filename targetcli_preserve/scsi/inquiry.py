@@ -9,6 +9,7 @@ it to the ALLOCATION LENGTH (SPC-4 4.2.5.6).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from .cdb import Inquiry
 from .lu import LogicalUnit
@@ -136,7 +137,8 @@ def logical_block_provisioning(lu: LogicalUnit) -> bytes:
     return _page(VpdPage.LOGICAL_BLOCK_PROVISIONING, bytes(4))
 
 
-_VPD_BUILDERS = {
+# Keyed by the raw PAGE CODE of the CDB, which may name a page we do not have.
+_VPD_BUILDERS: dict[int, Callable[[LogicalUnit], bytes]] = {
     VpdPage.UNIT_SERIAL_NUMBER: unit_serial,
     VpdPage.DEVICE_IDENTIFICATION: device_identification,
     VpdPage.BLOCK_LIMITS: block_limits,
@@ -155,7 +157,7 @@ def inquiry(lu: LogicalUnit | None, cmd: Inquiry) -> bytes:
         return standard(device)
     if cmd.page_code == VpdPage.SUPPORTED_PAGES:
         return supported_pages(device)
-    builder = _VPD_BUILDERS.get(cmd.page_code)  # type: ignore[call-overload]
+    builder = _VPD_BUILDERS.get(cmd.page_code)
     if builder is None or lu is None:
         # SPC-4 6.6.1: a page code we do not support is an invalid field in the CDB
         raise invalid_field(2)

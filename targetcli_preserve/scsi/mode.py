@@ -11,6 +11,7 @@ not supported; saved values are not implemented):
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from .cdb import ModeSense, PageControl
 from .lu import LogicalUnit
@@ -56,7 +57,8 @@ def _informational_exceptions(changeable: bool) -> bytes:
     return bytes((ModePage.INFORMATIONAL_EXCEPTIONS, len(body))) + bytes(body)
 
 
-_PAGES = {
+# Keyed by the raw PAGE CODE of the CDB, which may name a page we do not have.
+_PAGES: dict[int, Callable[[bool], bytes]] = {
     ModePage.CACHING: _caching,
     ModePage.CONTROL: _control,
     ModePage.INFORMATIONAL_EXCEPTIONS: _informational_exceptions,
@@ -73,7 +75,7 @@ def _pages(cmd: ModeSense) -> bytes:
         if cmd.subpage_code not in (0x00, ALL_SUBPAGES):
             raise invalid_field(3)
         return b"".join(build(changeable) for _, build in sorted(_PAGES.items()))
-    builder = _PAGES.get(cmd.page_code)  # type: ignore[call-overload]
+    builder = _PAGES.get(cmd.page_code)
     if builder is None:
         raise invalid_field(2, 5)
     if cmd.subpage_code not in (0x00, ALL_SUBPAGES):

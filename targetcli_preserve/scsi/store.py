@@ -18,8 +18,14 @@ from typing import Protocol
 
 
 class BlockStore(Protocol):
-    block_size: int  # bytes per logical block (512 or 4096)
-    num_blocks: int  # capacity in logical blocks
+    # Read-only to the SCSI layer: a plain attribute or a property satisfies them.
+    @property
+    def block_size(self) -> int:
+        """Bytes per logical block (512 or 4096)."""
+
+    @property
+    def num_blocks(self) -> int:
+        """Capacity in logical blocks."""
 
     def read(self, lba: int, nblocks: int) -> Awaitable[bytes]:
         """Issue a read now; the awaitable gives ``nblocks * block_size`` bytes.

@@ -30,6 +30,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Generator, Mapping
 from dataclasses import dataclass
+from typing import assert_never
 
 from . import block
 from .cdb import (
@@ -125,7 +126,7 @@ def _data_out_expected(unit: LogicalUnit | None, cmd: Command) -> int:
     return 0
 
 
-def _cut(data: bytes, allocation_length: int) -> bytes:
+def _truncate(data: bytes, allocation_length: int) -> bytes:
     # SPC-4 4.2.5.6: return at most ALLOCATION LENGTH bytes; 0 is not an error
     return data[:allocation_length]
 
@@ -207,11 +208,11 @@ class ScsiTarget:
     ) -> bytes | Awaitable[bytes]:
         match cmd:
             case Inquiry():
-                return _cut(inquiry(unit, cmd), cmd.allocation_length)
+                return _truncate(inquiry(unit, cmd), cmd.allocation_length)
             case ReportLuns():
-                return _cut(report_luns(self.luns, cmd), cmd.allocation_length)
+                return _truncate(report_luns(self.luns, cmd), cmd.allocation_length)
             case RequestSense():
-                return _cut(_request_sense(unit, cmd), cmd.allocation_length)
+                return _truncate(_request_sense(unit, cmd), cmd.allocation_length)
         assert unit is not None  # only the LUN-independent commands above get here without
         match cmd:
             case Read():
@@ -227,12 +228,12 @@ class ScsiTarget:
             case ReadCapacity10():
                 return block.read_capacity_10(unit)
             case ReadCapacity16():
-                return _cut(block.read_capacity_16(unit, cmd), cmd.allocation_length)
+                return _truncate(block.read_capacity_16(unit, cmd), cmd.allocation_length)
             case ModeSense():
-                return _cut(mode_sense(unit, cmd), cmd.allocation_length)
+                return _truncate(mode_sense(unit, cmd), cmd.allocation_length)
             case ReportSupportedOpcodes():
-                return _cut(report_supported_opcodes(cmd), cmd.allocation_length)
-        raise AssertionError(f"no handler for {cmd!r}")  # pragma: no cover
+                return _truncate(report_supported_opcodes(cmd), cmd.allocation_length)
+        assert_never(cmd)  # pragma: no cover - mypy proves every Command has a case
 
 
 def _request_sense(unit: LogicalUnit | None, cmd: RequestSense) -> bytes:
