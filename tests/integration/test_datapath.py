@@ -113,3 +113,133 @@ async def test_failed_clone_has_no_effect_on_io(daemon, monkeypatch):
     assert (await store.read(0, 16)) == block(7) + block(8)
     ops = [r["op"] for r in Journal.read(dp.catalog.state_dir / "journal")]
     assert ops[-2:] == ["cut", "abort"]
+
+
+# ---- the driver's rules, one at a time ----------------------------------------------------
+
+
+class Gate:
+    """Holds every call of one volume method until opened, and counts the calls."""
+
+    def __init__(self, vol, method: str, closed: bool = True) -> None:
+        self.calls: list[tuple] = []
+        self.opened = asyncio.Event()
+        if not closed:
+            self.opened.set()
+        real = getattr(vol, method)
+
+        async def gated(*args):
+            self.calls.append(args)
+            await self.opened.wait()
+            return await real(*args)
+
+        setattr(vol, method, gated)  # this instance only
+
+
+async def test_a_held_pre_cut_write_is_on_the_live_lun_beside_a_post_cut_write(daemon):
+    """The pre-cut write's data arrives after the cut (a WRITE held at its R2T); a
+    post-cut write lands next to it in the same chunk first. The live LUN must have
+    both: a driver that wrote the pre-cut write to its home volume only would lose it
+    from the live LUN (the clone's chunk was filled from the source before it came)."""
+    dp = daemon.services.datapath
+    store = dp.store("lun0")
+    data = asyncio.get_running_loop().create_future()
+    pre = store.write(0, 8, data)
+    cut = dp.preserve(["lun0"])
+    post = store.write(8, 8, block(0x22))  # no overlap: runs at once, in the same chunk
+    await cut
+    await asyncio.wait_for(post, 5)
+    assert not pre.done()
+    data.set_result(block(0x11))
+    await asyncio.wait_for(pre, 5)
+    assert await store.read(0, 16) == block(0x11) + block(0x22)
+    await dp.wait_frozen("lun0", 0)
+    frozen = Path(dp.catalog.volume_path("lun0", 0)).read_bytes()
+    assert frozen[: 16 * BS] == block(0x11) + bytes(8 * BS)
+
+
+async def test_a_pre_cut_write_is_acknowledged_only_once_the_clone_has_it(daemon):
+    dp = daemon.services.datapath
+    store = dp.store("lun0")
+    data = asyncio.get_running_loop().create_future()
+    pre = store.write(0, 8, data)
+    cut = await dp.preserve(["lun0"])
+    clone = Gate(dp.volumes[("lun0", cut.new_generation["lun0"])], "write")
+    try:
+        data.set_result(block(0x44))
+        await asyncio.sleep(0.05)
+        assert len(clone.calls) == 1, "the pre-cut write was not replicated into the clone"
+        assert not pre.done(), "acknowledged before its copy reached the clone"
+    finally:
+        clone.opened.set()
+    await asyncio.wait_for(pre, 5)
+    assert await store.read(0, 8) == block(0x44)
+
+
+async def test_partial_overlaps_across_the_cut(daemon):
+    dp = daemon.services.datapath
+    store = dp.store("lun0")
+    data = asyncio.get_running_loop().create_future()
+    pre = store.write(0, 16, data)  # blocks 0-15, pre-cut, data held
+    await dp.preserve(["lun0"])
+    post = store.write(8, 16, block(0x66, 16))  # blocks 8-23: overlaps half of it
+    await asyncio.sleep(0.02)
+    assert not post.done(), "an overlapping post-cut write overtook the pre-cut one"
+    data.set_result(block(0x55, 16))
+    await asyncio.wait_for(asyncio.gather(pre, post), 5)
+    assert await store.read(0, 24) == block(0x55) + block(0x66, 16)
+    await dp.wait_frozen("lun0", 0)
+    frozen = Path(dp.catalog.volume_path("lun0", 0)).read_bytes()
+    assert frozen[: 24 * BS] == block(0x55, 16) + bytes(8 * BS), "a post-cut write leaked"
+
+
+async def test_post_cut_writes_never_reach_the_preserved_volume(daemon):
+    dp = daemon.services.datapath
+    store = dp.store("lun0")
+    await store.write(0, 8, block(0x01))
+    cut = await dp.preserve(["lun0"])
+    old = Gate(dp.volumes[("lun0", 0)], "write", closed=False)
+    for lba in (0, 4, 8, 100, 2000):  # overlapping, partial, beside, far
+        await store.write(lba, 8, block(0x77))
+    assert old.calls == []
+    await dp.wait_frozen("lun0", cut.new_generation["lun0"] - 1)
+    frozen = Path(dp.catalog.volume_path("lun0", 0)).read_bytes()
+    assert frozen[: 8 * BS] == block(0x01) and frozen[8 * BS :].count(0) == len(frozen) - 8 * BS
+
+
+@pytest.mark.parametrize("cut_first", [False, True])
+async def test_fua_reaches_stable_storage_before_the_write_completes(daemon, cut_first):
+    """SBC-3 5.40 (WRITE(10) FUA): the data is on the medium when the command ends: every
+    volume the write reaches is flushed, before it is acknowledged."""
+    dp = daemon.services.datapath
+    store = dp.store("lun0")
+    data = asyncio.get_running_loop().create_future()
+    write = store.write(0, 8, data, fua=True)
+    homes = [dp.volumes[("lun0", 0)]]
+    if cut_first:  # a pre-cut FUA write: the clone must be flushed too
+        cut = await dp.preserve(["lun0"])
+        homes.append(dp.volumes[("lun0", cut.new_generation["lun0"])])
+    flushes = [Gate(vol, "flush") for vol in homes]
+    try:
+        data.set_result(block(0x88))
+        await asyncio.sleep(0.05)
+        assert all(gate.calls for gate in flushes), "FUA did not flush every volume"
+        assert not write.done(), "acknowledged before the flush completed"
+    finally:
+        for gate in flushes:
+            gate.opened.set()
+    await asyncio.wait_for(write, 5)
+
+
+async def test_synchronize_cache_flushes_the_live_volume_before_it_completes(daemon):
+    dp = daemon.services.datapath
+    store = dp.store("lun0")
+    await store.write(0, 8, block(0x99))
+    gate = Gate(dp.volumes[("lun0", 0)], "flush")
+    flush = store.flush()
+    try:
+        await asyncio.sleep(0.05)
+        assert len(gate.calls) == 1 and not flush.done()
+    finally:
+        gate.opened.set()
+    await asyncio.wait_for(flush, 5)
