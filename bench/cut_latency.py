@@ -49,9 +49,9 @@ async def measure(state_dir: Path, size: int, samples: int) -> tuple[list[float]
             # Each sample starts from a settled LUN, as an administrator's cut would:
             # the previous preserve durable, its source frozen, the clone hydrated.
             await daemon.services.datapath.durable(done)
-            await daemon.services.datapath.wait_frozen("lun0", done.new_generation["lun0"] - 1)
+            await daemon.services.datapath.wait_frozen("lun0", done.new_generations["lun0"] - 1)
             await daemon.services.datapath.volumes[
-                ("lun0", done.new_generation["lun0"])
+                ("lun0", done.new_generations["lun0"])
             ].wait_hydrated()
             await asyncio.sleep(0.02)
         strategy = daemon.services.datapath.volumes[("lun0", samples)].strategy.value

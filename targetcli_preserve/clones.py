@@ -33,48 +33,48 @@ class Clones:
         self._full_clone_luns: set[str] = set()  # LUNs whose clones are full copies
 
     async def clone(self, action: Clone) -> None:
-        """Make generation ``action.new`` of ``action.lun``: the standby if it is
+        """Make generation ``action.new`` of ``action.lun_name``: the standby if it is
         ready, otherwise a clone made now."""
-        vol = await self._take_standby(action.lun, action.source)
+        vol = await self._take_standby(action.lun_name, action.source)
         if vol is None:
-            source = self._volumes[(action.lun, action.source)]
-            path = self._catalog.volume_path(action.lun, action.new)
+            source = self._volumes[(action.lun_name, action.source)]
+            path = self._catalog.volume_path(action.lun_name, action.new)
             try:
                 vol = await clone_volume(source, path, background=False)
             except PreserveError as err:
-                raise BackendError(f"{action.lun}: clone failed: {err}") from err
+                raise BackendError(f"{action.lun_name}: clone failed: {err}") from err
             if not isinstance(vol, LazyVolume):
-                self._full_clone_luns.add(action.lun)
-        self._volumes[(action.lun, action.new)] = vol
+                self._full_clone_luns.add(action.lun_name)
+        self._volumes[(action.lun_name, action.new)] = vol
 
-    def prepare_standby(self, lun: str) -> None:
-        """Make the next cut of ``lun`` cheap, in the background."""
-        if lun in self._full_clone_luns or lun in self._standby:
+    def prepare_standby(self, lun_name: str) -> None:
+        """Make the next cut of ``lun_name`` cheap, in the background."""
+        if lun_name in self._full_clone_luns or lun_name in self._standby:
             return
-        self._standby[lun] = asyncio.ensure_future(self._make_standby(lun))
+        self._standby[lun_name] = asyncio.ensure_future(self._make_standby(lun_name))
 
     async def close(self) -> None:
         """Drop every standby: no cut will use it."""
-        for lun in list(self._standby):
-            await self._take_standby(lun, -1)
+        for lun_name in list(self._standby):
+            await self._take_standby(lun_name, -1)
 
-    async def _make_standby(self, lun: str) -> tuple[int, Volume] | None:
-        newest = self._engine.generations(lun)[-1]
-        source = self._volumes[(lun, newest.index)]
-        path = self._catalog.volume_path(lun, newest.index + 1)
+    async def _make_standby(self, lun_name: str) -> tuple[int, Volume] | None:
+        newest = self._engine.generations(lun_name)[-1]
+        source = self._volumes[(lun_name, newest.index)]
+        path = self._catalog.volume_path(lun_name, newest.index + 1)
         try:
             vol = await clone_volume(source, path, background=False)
         except PreserveError as err:
-            log.warning("no standby clone for %s: %s", lun, err)
+            log.warning("no standby clone for %s: %s", lun_name, err)
             return None
         if not isinstance(vol, LazyVolume):  # a full copy of *now*: useless after a cut
-            self._full_clone_luns.add(lun)
+            self._full_clone_luns.add(lun_name)
             await _drop(vol)
             return None
         return newest.index, vol
 
-    async def _take_standby(self, lun: str, source: int) -> Volume | None:
-        task = self._standby.pop(lun, None)
+    async def _take_standby(self, lun_name: str, source: int) -> Volume | None:
+        task = self._standby.pop(lun_name, None)
         if task is None:
             return None
         standby = await task

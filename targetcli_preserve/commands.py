@@ -62,7 +62,7 @@ class ControlCommands:
         await self.datapath.durable(cut)  # the admin's preserve survives a power loss
         if wait:
             await asyncio.gather(
-                *(self.datapath.wait_frozen(n, cut.new_generation[n] - 1) for n in cut.luns)
+                *(self.datapath.wait_frozen(n, cut.new_generations[n] - 1) for n in cut.luns)
             )
         return {
             **preserve_info(self.catalog.cuts[cut.id]),
@@ -70,8 +70,8 @@ class ControlCommands:
                 {
                     "name": n,
                     "inflight_at_cut": cut.inflight_at_cut[n],
-                    "preserved": self._volume_info(n, cut.new_generation[n] - 1),
-                    "live": self._volume_info(n, cut.new_generation[n]),
+                    "preserved": self._volume_info(n, cut.new_generations[n] - 1),
+                    "live": self._volume_info(n, cut.new_generations[n]),
                 }
                 for n in cut.luns
             ],
@@ -128,14 +128,14 @@ class ControlCommands:
     async def locks(self) -> list[dict[str, Any]]:
         return [
             {
-                "name": lock.lun,
-                "lun": self.lun_numbers[lock.lun],
+                "name": lock.lun_name,
+                "lun": self.lun_numbers[lock.lun_name],
                 "seq": lock.seq,
                 "lba": lock.start,
                 "blocks": lock.end - lock.start,
                 "state": "held" if lock.held else "waiting",
                 "pre_cut": lock.pre_cut,
-                "waiters": lock.waiters,
+                "waiters": lock.waiter_count,
             }
             for lock in self.engine.locks()
         ]

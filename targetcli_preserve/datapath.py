@@ -56,15 +56,15 @@ class Datapath:
         self._pending: dict[Command, _Pending] = {}
         self._background: set[asyncio.Future[None]] = set()
 
-    def store(self, lun: str) -> LunStore:
-        record = self.catalog.luns[lun]
-        return LunStore(self, lun, record.block_size, record.size // record.block_size)
+    def store(self, lun_name: str) -> LunStore:
+        record = self.catalog.luns[lun_name]
+        return LunStore(self, lun_name, record.block_size, record.size // record.block_size)
 
     # ---- commands ----------------------------------------------------------------
 
     def submit(
         self,
-        lun: str,
+        lun_name: str,
         op: Op,
         start: int,
         end: int,
@@ -78,7 +78,7 @@ class Datapath:
             data = payload
         else:
             data = asyncio.ensure_future(payload)  # awaited by every target volume
-        cmd, actions = self.engine.submit(lun, op, start, end)
+        cmd, actions = self.engine.submit(lun_name, op, start, end)
         pending = _Pending(loop.create_future(), data, fua)
         self._pending[cmd] = pending
         self._run(actions)
@@ -93,7 +93,7 @@ class Datapath:
             elif type(action) is Complete:
                 self._complete(action.cmd)
             elif type(action) is Freeze:
-                self.preserves.drained(action.lun, action.generation)
+                self.preserves.drained(action.lun_name, action.generation)
             # Clone, Commit and Discard only come from cuts, which preserving.py drives.
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
@@ -103,8 +103,8 @@ class Datapath:
 
     def _read_now(self, cmd: Command, generation: int) -> bool:
         """Answer a read from memory at once if it can be (the hot path: no task)."""
-        bs = self._block_size(cmd.lun)
-        data = self.volumes[(cmd.lun, generation)].read_cached(
+        bs = self._block_size(cmd.lun_name)
+        data = self.volumes[(cmd.lun_name, generation)].read_cached(
             cmd.start * bs, (cmd.end - cmd.start) * bs
         )
         if data is None:
@@ -130,12 +130,12 @@ class Datapath:
         error = None
         try:
             if cmd.op is Op.READ:
-                bs = self._block_size(cmd.lun)
-                vol = self.volumes[(cmd.lun, generations[0])]
+                bs = self._block_size(cmd.lun_name)
+                vol = self.volumes[(cmd.lun_name, generations[0])]
                 pending.result = await vol.read(cmd.start * bs, (cmd.end - cmd.start) * bs)
             else:
-                await _gather(self.volumes[(cmd.lun, g)].flush() for g in generations)
-                await self.preserves.wait_durable(cmd.lun)
+                await _gather(self.volumes[(cmd.lun_name, g)].flush() for g in generations)
+                await self.preserves.wait_durable(cmd.lun_name)
         except (PreserveError, OSError) as err:
             error = _describe(err)
         self._run(self.engine.io_done(cmd, generations, error))
@@ -145,15 +145,15 @@ class Datapath:
     ) -> None:
         error = None
         try:
-            vol = self.volumes[(cmd.lun, generation)]
-            await vol.write(cmd.start * self._block_size(cmd.lun), data)
+            vol = self.volumes[(cmd.lun_name, generation)]
+            await vol.write(cmd.start * self._block_size(cmd.lun_name), data)
             if fua:  # SBC-3 5.39 (WRITE(10) FUA): durable before the command completes
                 await vol.flush()
-                await self.preserves.wait_durable(cmd.lun)
+                await self.preserves.wait_durable(cmd.lun_name)
         except (PreserveError, OSError) as err:
             error = _describe(err)
             if generation != cmd.home:  # rule 10: the preserve that made it is damaged
-                self.preserves.damaged(cmd.lun, generation)
+                self.preserves.damaged(cmd.lun_name, generation)
         self._run(self.engine.io_done(cmd, (generation,), error))
 
     def _complete(self, cmd: Command) -> None:
@@ -165,8 +165,8 @@ class Datapath:
         else:
             pending.future.set_result(pending.result)
 
-    def _block_size(self, lun: str) -> int:
-        return self.catalog.luns[lun].block_size
+    def _block_size(self, lun_name: str) -> int:
+        return self.catalog.luns[lun_name].block_size
 
     # ---- preserves (preserving.py does the work) ---------------------------------------
 
@@ -177,11 +177,11 @@ class Datapath:
     async def durable(self, cut: Cut) -> None:
         await self.preserves.durable(cut)
 
-    async def wait_frozen(self, lun: str, generation: int) -> None:
-        await self.preserves.wait_frozen(lun, generation)
+    async def wait_frozen(self, lun_name: str, generation: int) -> None:
+        await self.preserves.wait_frozen(lun_name, generation)
 
-    def prepare_standby(self, lun: str) -> None:
-        self.clones.prepare_standby(lun)
+    def prepare_standby(self, lun_name: str) -> None:
+        self.clones.prepare_standby(lun_name)
 
     async def close(self) -> None:
         """Wait (bounded) for running I/O and background work, then close every volume."""
@@ -198,24 +198,24 @@ class Datapath:
 class LunStore:
     """The BlockStore of one LUN (see scsi/store.py): SCSI calls become engine commands."""
 
-    __slots__ = ("_datapath", "block_size", "name", "num_blocks")
+    __slots__ = ("_datapath", "block_size", "lun_name", "num_blocks")
 
-    def __init__(self, datapath: Datapath, name: str, block_size: int, num_blocks: int) -> None:
+    def __init__(self, datapath: Datapath, lun_name: str, block_size: int, num_blocks: int) -> None:
         self._datapath = datapath
-        self.name = name  # the LUN's name (the SCSI layer knows it by its number)
+        self.lun_name = lun_name  # the SCSI layer knows the LUN by its number instead
         self.block_size = block_size
         self.num_blocks = num_blocks
 
     def read(self, lba: int, nblocks: int) -> Awaitable[bytes]:
-        return self._datapath.submit(self.name, Op.READ, lba, lba + nblocks)
+        return self._datapath.submit(self.lun_name, Op.READ, lba, lba + nblocks)
 
     def write(
         self, lba: int, nblocks: int, data: Payload | Awaitable[bytes], fua: bool = False
     ) -> Awaitable[None]:
-        return self._datapath.submit(self.name, Op.WRITE, lba, lba + nblocks, data, fua)
+        return self._datapath.submit(self.lun_name, Op.WRITE, lba, lba + nblocks, data, fua)
 
     def flush(self) -> Awaitable[None]:
-        return self._datapath.submit(self.name, Op.FLUSH, 0, 0)
+        return self._datapath.submit(self.lun_name, Op.FLUSH, 0, 0)
 
 
 async def _gather(coros: Iterable[Coroutine[object, object, None]]) -> None:

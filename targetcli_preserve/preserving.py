@@ -75,7 +75,7 @@ class Preserves:
         the page cache (a daemon crash keeps them), and :meth:`durable` follows in the
         background (see catalog.py for what a restart keeps)."""
         cut, clones = self._engine.cut(luns)
-        record = CutTaken(cut.id, cut.seq, timestamp(), dict(cut.new_generation), self._boot)
+        record = CutTaken(cut.id, cut.seq, timestamp(), dict(cut.new_generations), self._boot)
         try:
             self._journal.write(encode(record))  # before any clone exists: no orphan needed
         except BackendError as err:
@@ -113,7 +113,7 @@ class Preserves:
 
     def _after_cut(self, cut: Cut) -> None:
         for name in cut.luns:
-            vol = self._volumes.get((name, cut.new_generation[name]))
+            vol = self._volumes.get((name, cut.new_generations[name]))
             if isinstance(vol, LazyVolume):
                 vol.start_hydration()
             self._clones.prepare_standby(name)
@@ -124,10 +124,10 @@ class Preserves:
         self._run(actions)
         for action in actions:
             if isinstance(action, Discard):
-                vol = self._volumes.pop((action.lun, action.generation), None)
+                vol = self._volumes.pop((action.lun_name, action.generation), None)
                 if vol is not None:
                     await vol.close()
-                await remove_volume(self._catalog.volume_path(action.lun, action.generation))
+                await remove_volume(self._catalog.volume_path(action.lun_name, action.generation))
         await self._record(CutAborted(cut.id, cut.error or ""))
         for name in cut.luns:
             self._clones.prepare_standby(name)
@@ -150,7 +150,9 @@ class Preserves:
         await asyncio.sleep(SETTLE_S)  # let the first post-cut commands go first
         if earlier:
             await asyncio.gather(*earlier)
-        await asyncio.gather(*(self._volumes[(n, cut.new_generation[n])].flush() for n in cut.luns))
+        await asyncio.gather(
+            *(self._volumes[(n, cut.new_generations[n])].flush() for n in cut.luns)
+        )
         record = CutDurable(cut.id)
         await asyncio.to_thread(self._journal.append, encode(record))
         self._catalog.apply(record)
@@ -161,43 +163,43 @@ class Preserves:
         if task is not None:
             await asyncio.shield(task)
 
-    async def wait_durable(self, lun: str) -> None:
+    async def wait_durable(self, lun_name: str) -> None:
         """SYNCHRONIZE CACHE and FUA promise durability: that includes the newest cut."""
-        task = self._durable.get(lun)
+        task = self._durable.get(lun_name)
         if task is None:
             return
         try:
             await asyncio.shield(task)
         except PreserveError as err:
-            raise BackendError(f"the preserve of {lun} could not be made durable") from err
+            raise BackendError(f"the preserve of {lun_name} could not be made durable") from err
 
     # ---- after the cut: drain and damage ----------------------------------------------
 
-    def drained(self, lun: str, generation: int) -> None:
+    def drained(self, lun_name: str, generation: int) -> None:
         """The engine froze ``generation``: its last pre-cut command has completed."""
-        self._spawn(self._freeze(lun, generation))
+        self._spawn(self._freeze(lun_name, generation))
 
-    def damaged(self, lun: str, generation: int) -> None:
+    def damaged(self, lun_name: str, generation: int) -> None:
         """A pre-cut write could not be replicated into ``generation`` (rule 10)."""
-        self._spawn(self._record(GenerationDamaged(lun, generation)))
+        self._spawn(self._record(GenerationDamaged(lun_name, generation)))
 
-    async def _freeze(self, lun: str, generation: int) -> None:
+    async def _freeze(self, lun_name: str, generation: int) -> None:
         await asyncio.sleep(SETTLE_S)  # nothing reaches it any more: no hurry
-        vol = self._volumes.get((lun, generation))
+        vol = self._volumes.get((lun_name, generation))
         if vol is not None:
             await vol.flush()
             await vol.freeze()
-        await self._record(GenerationFrozen(lun, generation))
-        waiter = self._drained.pop((lun, generation), None)
+        await self._record(GenerationFrozen(lun_name, generation))
+        waiter = self._drained.pop((lun_name, generation), None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait_frozen(self, lun: str, generation: int) -> None:
-        """Wait until ``generation`` of ``lun`` is frozen (drained and journalled)."""
-        if self._catalog.generation(lun, generation).state is VolumeState.FROZEN:
+    async def wait_frozen(self, lun_name: str, generation: int) -> None:
+        """Wait until ``generation`` of ``lun_name`` is frozen (drained and journalled)."""
+        if self._catalog.generation(lun_name, generation).state is VolumeState.FROZEN:
             return
         loop = asyncio.get_running_loop()
-        waiter = self._drained.setdefault((lun, generation), loop.create_future())
+        waiter = self._drained.setdefault((lun_name, generation), loop.create_future())
         await asyncio.shield(waiter)
 
     async def _record(self, record: Record) -> None:

@@ -64,14 +64,14 @@ class Command:
     """One SCSI command as the engine sees it: an op over blocks [start, end)."""
 
     seq: int
-    lun: str
+    lun_name: str
     op: Op
     start: int
     end: int
     home: int  # the generation it was issued against
     blockers: int = 0  # earlier overlapping in-flight writes still running
     waiters: list[Command] = field(default_factory=list)
-    inflight: set[int] = field(default_factory=set)
+    outstanding: set[int] = field(default_factory=set)  # generations with I/O running
     done: set[int] = field(default_factory=set)
     error: str | None = None
     finished: bool = False
@@ -95,7 +95,7 @@ class Cut:
     id: int
     seq: int  # T: commands with seq < T are pre-cut
     luns: tuple[str, ...]
-    new_generation: dict[str, int]
+    new_generations: dict[str, int]
     state: CutState = CutState.CLONING
     pending_clones: set[str] = field(default_factory=set)
     error: str | None = None
@@ -125,7 +125,7 @@ class Clone:
     """Make generation ``new`` of ``lun`` as a clone of generation ``source``."""
 
     cut: Cut
-    lun: str
+    lun_name: str
     source: int
     new: int
 
@@ -141,7 +141,7 @@ class Commit:
 class Discard:
     """Remove generation ``generation`` of ``lun``: its cut was aborted."""
 
-    lun: str
+    lun_name: str
     generation: int
 
 
@@ -149,7 +149,7 @@ class Discard:
 class Freeze:
     """Generation ``generation`` of ``lun`` is drained: make it read-only."""
 
-    lun: str
+    lun_name: str
     generation: int
 
 
@@ -158,23 +158,23 @@ Action = Start | Complete | Clone | Commit | Discard | Freeze
 
 @dataclass(frozen=True, slots=True)
 class LockInfo:
-    lun: str
+    lun_name: str
     seq: int
     start: int
     end: int
     held: bool  # False while it still waits for an earlier overlapping write
     pre_cut: bool  # issued before the LUN's newest cut: replicating into the clone
-    waiters: int
+    waiter_count: int  # commands waiting for this one
 
 
 class _Lun:
-    __slots__ = ("commands", "generations", "inflight", "locks", "name")
+    __slots__ = ("commands", "generations", "inflight_by_home", "locks", "name")
 
     def __init__(self, name: str, generations: list[Generation]) -> None:
         self.name = name
         self.generations = generations
         self.locks: LockTable[Command] = LockTable()
-        self.inflight: dict[int, int] = {}  # home generation -> commands in flight
+        self.inflight_by_home: dict[int, int] = {}  # home generation -> commands in flight
         self.commands: dict[int, Command] = {}  # seq -> command in flight, issue order
 
     @property
@@ -212,7 +212,7 @@ class Engine:
 
     def remove_lun(self, name: str) -> None:
         lun = self._lun(name)
-        if any(lun.inflight.values()) or lun.newest.state is VolumeState.CLONING:
+        if any(lun.inflight_by_home.values()) or lun.newest.state is VolumeState.CLONING:
             raise UserError(f"LUN {name!r} is busy")
         del self._luns[name]
 
@@ -227,7 +227,7 @@ class Engine:
         return list(self._lun(name).generations)
 
     def inflight(self, name: str) -> int:
-        return sum(self._lun(name).inflight.values())
+        return sum(self._lun(name).inflight_by_home.values())
 
     def locks(self) -> list[LockInfo]:
         out: list[LockInfo] = []
@@ -263,7 +263,7 @@ class Engine:
         newest = lun.newest
         cmd = Command(self._next_seq, lun_name, op, start, end, newest.index)
         self._next_seq += 1
-        lun.inflight[cmd.home] = lun.inflight.get(cmd.home, 0) + 1
+        lun.inflight_by_home[cmd.home] = lun.inflight_by_home.get(cmd.home, 0) + 1
         lun.commands[cmd.seq] = cmd
         actions: list[Action] = []
         if lun.locks.add(cmd) == 0:
@@ -274,10 +274,10 @@ class Engine:
         self, cmd: Command, generations: Iterable[int], error: str | None = None
     ) -> list[Action]:
         """The driver finished ``cmd``'s I/O on ``generations`` (``error`` if it failed)."""
-        lun = self._luns[cmd.lun]
+        lun = self._luns[cmd.lun_name]
         actions: list[Action] = []
         for index in generations:
-            cmd.inflight.discard(index)
+            cmd.outstanding.discard(index)
             cmd.done.add(index)
             if error is not None:
                 if cmd.error is None:
@@ -305,9 +305,9 @@ class Engine:
             source = lun.newest
             new = Generation(source.index + 1, cut.seq, VolumeState.CLONING, cut.id)
             lun.generations.append(new)
-            cut.new_generation[lun.name] = new.index
+            cut.new_generations[lun.name] = new.index
             cut.pending_clones.add(lun.name)
-            cut.inflight_at_cut[lun.name] = sum(lun.inflight.values())
+            cut.inflight_at_cut[lun.name] = sum(lun.inflight_by_home.values())
             actions.append(Clone(cut, lun.name, source.index, new.index))
         return cut, actions
 
@@ -330,9 +330,11 @@ class Engine:
             gone = lun.generations.pop()
             actions.append(Discard(name, gone.index))
             # Post-cut commands have not run anywhere yet: they simply go home.
-            moved = lun.inflight.pop(gone.index, 0)
+            moved = lun.inflight_by_home.pop(gone.index, 0)
             if moved:
-                lun.inflight[lun.newest.index] = lun.inflight.get(lun.newest.index, 0) + moved
+                lun.inflight_by_home[lun.newest.index] = (
+                    lun.inflight_by_home.get(lun.newest.index, 0) + moved
+                )
             for cmd in lun.commands.values():
                 if cmd.home == gone.index:
                     cmd.home = lun.newest.index
@@ -383,7 +385,7 @@ class Engine:
         ready: list[int] = []
         waiting = False
         for index in self._needed(lun, cmd):
-            if index in cmd.done or index in cmd.inflight:
+            if index in cmd.done or index in cmd.outstanding:
                 continue
             if cmd.error is not None:
                 continue  # a failed command starts nothing more; it ends when idle
@@ -392,15 +394,15 @@ class Engine:
             else:
                 ready.append(index)
         if ready:
-            cmd.inflight.update(ready)
+            cmd.outstanding.update(ready)
             actions.append(Start(cmd, tuple(ready)))
-        elif not cmd.inflight and not waiting:
+        elif not cmd.outstanding and not waiting:
             self._finish(lun, cmd, actions)
 
     def _finish(self, lun: _Lun, cmd: Command, actions: list[Action]) -> None:
         cmd.finished = True
         actions.append(Complete(cmd))
-        lun.inflight[cmd.home] -= 1
+        lun.inflight_by_home[cmd.home] -= 1
         del lun.commands[cmd.seq]
         for freed in lun.locks.release(cmd):
             self._step(lun, freed, actions)
@@ -411,7 +413,7 @@ class Engine:
         i.e. no command whose home is g or older."""
         older_inflight = 0
         for gen in lun.generations[:-1]:
-            older_inflight += lun.inflight.get(gen.index, 0)
+            older_inflight += lun.inflight_by_home.get(gen.index, 0)
             if gen.state is not VolumeState.DRAINING:
                 continue
             if older_inflight:

@@ -164,7 +164,7 @@ async def test_a_pre_cut_write_is_acknowledged_only_once_the_clone_has_it(daemon
     data = asyncio.get_running_loop().create_future()
     pre = store.write(0, 8, data)
     cut = await dp.preserve(["lun0"])
-    clone = Gate(dp.volumes[("lun0", cut.new_generation["lun0"])], "write")
+    clone = Gate(dp.volumes[("lun0", cut.new_generations["lun0"])], "write")
     try:
         data.set_result(block(0x44))
         await asyncio.sleep(0.05)
@@ -202,7 +202,7 @@ async def test_post_cut_writes_never_reach_the_preserved_volume(daemon):
     for lba in (0, 4, 8, 100, 2000):  # overlapping, partial, beside, far
         await store.write(lba, 8, block(0x77))
     assert old.calls == []
-    await dp.wait_frozen("lun0", cut.new_generation["lun0"] - 1)
+    await dp.wait_frozen("lun0", cut.new_generations["lun0"] - 1)
     frozen = Path(dp.catalog.volume_path("lun0", 0)).read_bytes()
     assert frozen[: 8 * BS] == block(0x01) and frozen[8 * BS :].count(0) == len(frozen) - 8 * BS
 
@@ -218,7 +218,7 @@ async def test_fua_reaches_stable_storage_before_the_write_completes(daemon, cut
     homes = [dp.volumes[("lun0", 0)]]
     if cut_first:  # a pre-cut FUA write: the clone must be flushed too
         cut = await dp.preserve(["lun0"])
-        homes.append(dp.volumes[("lun0", cut.new_generation["lun0"])])
+        homes.append(dp.volumes[("lun0", cut.new_generations["lun0"])])
     flushes = [Gate(vol, "flush") for vol in homes]
     try:
         data.set_result(block(0x88))

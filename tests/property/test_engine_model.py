@@ -97,7 +97,7 @@ class Rec:
 
     cmd: Command
     seq: int
-    lun: str
+    lun_name: str
     op: Op
     start: int
     end: int
@@ -145,7 +145,7 @@ class EngineModel(RuleBasedStateMachine):
         for rec in self.recs:
             if rec.seq >= below:
                 break
-            if rec.lun != lun or not rec.is_write or not rec.start <= block < rec.end:
+            if rec.lun_name != lun or not rec.is_write or not rec.start <= block < rec.end:
                 continue
             if rec.cmd.error is not None:
                 out.add(rec.seq)  # failed: may or may not have landed
@@ -174,7 +174,7 @@ class EngineModel(RuleBasedStateMachine):
             o
             for o in self.recs
             if o.seq < rec.seq
-            and o.lun == rec.lun
+            and o.lun_name == rec.lun_name
             and o.is_write
             and not o.completed
             and rec.end > rec.start
@@ -219,9 +219,9 @@ class EngineModel(RuleBasedStateMachine):
         assert action.generations, "Start with no generation"
         assert len(set(action.generations)) == len(action.generations)
         for gen in action.generations:
-            state = self.gen_state(rec.lun, gen)
+            state = self.gen_state(rec.lun_name, gen)
             assert state in (VolumeState.LIVE, VolumeState.DRAINING), (
-                f"seq {rec.seq} ({rec.op.name}) started on {rec.lun} generation {gen} "
+                f"seq {rec.seq} ({rec.op.name}) started on {rec.lun_name} generation {gen} "
                 f"in state {state}"
             )
             assert gen not in rec.started, f"seq {rec.seq} started twice on generation {gen}"
@@ -257,39 +257,39 @@ class EngineModel(RuleBasedStateMachine):
             assert rec.ok == {cmd.home}, f"{rec.op.name} seq {rec.seq} did {sorted(rec.ok)}"
         else:
             # Rule 8: home and every generation cut while it was in flight.
-            need = {g.index for g in self.engine.generations(rec.lun) if g.index >= cmd.home}
+            need = {g.index for g in self.engine.generations(rec.lun_name) if g.index >= cmd.home}
             assert need <= rec.ok, (
                 f"write seq {rec.seq} acknowledged having reached {sorted(rec.ok)}, "
                 f"needs {sorted(need)}"
             )
 
     def on_freeze(self, action: Freeze) -> None:
-        key = (action.lun, action.generation)
+        key = (action.lun_name, action.generation)
         assert key not in self.frozen, f"second Freeze of {key}"
-        gens = self.engine.generations(action.lun)
+        gens = self.engine.generations(action.lun_name)
         indexes = [g.index for g in gens]
         assert action.generation in indexes and action.generation != indexes[-1]
         nxt = gens[indexes.index(action.generation) + 1]
         assert nxt.state is not VolumeState.CLONING, "Freeze before the next cut committed"
         for rec, gen in self.pending_io:
-            assert (rec.lun, gen) != key, f"Freeze of {key} while seq {rec.seq} has I/O on it"
+            assert (rec.lun_name, gen) != key, f"Freeze of {key} while seq {rec.seq} has I/O on it"
         for rec, gen, _ in self.performed:
-            assert (rec.lun, gen) != key, f"Freeze of {key} while seq {rec.seq} has I/O on it"
+            assert (rec.lun_name, gen) != key, f"Freeze of {key} while seq {rec.seq} has I/O on it"
         for rec in self.recs:
-            if rec.lun == action.lun and not rec.completed:
+            if rec.lun_name == action.lun_name and not rec.completed:
                 assert rec.seq >= nxt.cut_seq, (
                     f"Freeze of {key} while pre-cut seq {rec.seq} is in flight"
                 )
         # Rule 6: exactly every write with seq < T of the next cut, in seq order.
-        self.check_image(action.lun, action.generation, nxt.cut_seq, "at Freeze")
+        self.check_image(action.lun_name, action.generation, nxt.cut_seq, "at Freeze")
         self.frozen.add(key)
 
     def on_discard(self, action: Discard) -> None:
-        key = (action.lun, action.generation)
+        key = (action.lun_name, action.generation)
         for rec, gen in self.pending_io:
-            assert (rec.lun, gen) != key, "I/O started on a generation being discarded"
+            assert (rec.lun_name, gen) != key, "I/O started on a generation being discarded"
         for rec in self.recs:
-            assert action.generation not in rec.ok | rec.failed or rec.lun != action.lun
+            assert action.generation not in rec.ok | rec.failed or rec.lun_name != action.lun_name
         self.vols.pop(key, None)
 
     # ---- rules -------------------------------------------------------------------
@@ -337,7 +337,7 @@ class EngineModel(RuleBasedStateMachine):
     def perform_io(self, data: st.DataObject) -> None:
         i = data.draw(st.integers(0, len(self.pending_io) - 1), label="io")
         rec, gen = self.pending_io.pop(i)
-        key = (rec.lun, gen)
+        key = (rec.lun_name, gen)
         assert key in self.vols, f"I/O of seq {rec.seq} on missing volume {key}"
         assert key not in self.frozen, f"{rec.op.name} seq {rec.seq} carried out on frozen {key}"
         # Errors on replication targets are rarer events, so inject them more often.
@@ -351,11 +351,11 @@ class EngineModel(RuleBasedStateMachine):
             elif rec.op is Op.READ:
                 # Not older than the model at issue; a later write may have landed.
                 for b in range(rec.start, rec.end):
-                    got = writer_of(rec.lun, b, vol[b])
-                    want = self.allowed(rec.lun, b, rec.seq)
+                    got = writer_of(rec.lun_name, b, vol[b])
+                    want = self.allowed(rec.lun_name, b, rec.seq)
                     later = got > rec.seq and self.recs[got].cmd.home <= gen
                     assert got in want or later, (
-                        f"read seq {rec.seq} of {rec.lun} generation {gen} block {b} saw "
+                        f"read seq {rec.seq} of {rec.lun_name} generation {gen} block {b} saw "
                         f"write {got}; model at issue says {sorted(want)} (or a later "
                         f"write whose home is not newer than {gen})"
                     )
@@ -378,7 +378,7 @@ class EngineModel(RuleBasedStateMachine):
         for g in gens:
             (rec.failed if fail else rec.ok).add(g)
             if fail and g != home:
-                self.damaged.add((rec.lun, g))
+                self.damaged.add((rec.lun_name, g))
         actions = self.engine.io_done(rec.cmd, gens, error="EIO" if fail else None)
         if fail:
             assert rec.cmd.error is not None
@@ -408,7 +408,7 @@ class EngineModel(RuleBasedStateMachine):
             assert newest.index == before[n] + 1 and newest.cut_seq == t
             assert newest.state is VolumeState.CLONING
             assert (n, newest.index) not in self.vols
-        assert {(a.lun, a.source, a.new) for a in actions} == {
+        assert {(a.lun_name, a.source, a.new) for a in actions} == {
             (n, before[n], before[n] + 1) for n in group
         }
         self.cuts.append(c)
@@ -424,30 +424,32 @@ class EngineModel(RuleBasedStateMachine):
         if fail:
             self.abort(action)
             return
-        source = (action.lun, action.source)
-        assert self.gen_state(action.lun, action.source) is VolumeState.LIVE
-        assert self.gen_state(action.lun, action.new) is VolumeState.CLONING
+        source = (action.lun_name, action.source)
+        assert self.gen_state(action.lun_name, action.source) is VolumeState.LIVE
+        assert self.gen_state(action.lun_name, action.new) is VolumeState.CLONING
         # The copy is taken now, not at the cut.
-        self.vols[(action.lun, action.new)] = list(self.vols[source])
-        self.cloned[action.cut.id].add(action.lun)
-        self.apply(self.engine.clone_done(action.cut, action.lun), event="clone_done")
+        self.vols[(action.lun_name, action.new)] = list(self.vols[source])
+        self.cloned[action.cut.id].add(action.lun_name)
+        self.apply(self.engine.clone_done(action.cut, action.lun_name), event="clone_done")
 
     def abort(self, action: Clone) -> None:
         c = action.cut
         homes = {
             id(r.cmd): r.cmd.home
             for r in self.recs
-            if not r.completed and r.lun in c.luns and r.cmd.home == c.new_generation[r.lun]
+            if not r.completed
+            and r.lun_name in c.luns
+            and r.cmd.home == c.new_generations[r.lun_name]
         }
-        actions = self.engine.clone_failed(c, action.lun, "no space")
+        actions = self.engine.clone_failed(c, action.lun_name, "no space")
         assert c.state is CutState.ABORTED and c.error
-        discards = {(a.lun, a.generation) for a in actions if isinstance(a, Discard)}
-        assert discards == {(n, c.new_generation[n]) for n in c.luns}, "abort the whole group"
+        discards = {(a.lun_name, a.generation) for a in actions if isinstance(a, Discard)}
+        assert discards == {(n, c.new_generations[n]) for n in c.luns}, "abort the whole group"
         self.pending_clones = [p for p in self.pending_clones if p.cut is not c]
         self.apply(actions, event="clone_failed")
         for n in c.luns:
             newest = self.engine.generations(n)[-1]
-            assert newest.index == c.new_generation[n] - 1
+            assert newest.index == c.new_generations[n] - 1
             assert newest.state is VolumeState.LIVE
         for r in self.recs:
             if id(r.cmd) in homes and not r.completed:
@@ -462,7 +464,7 @@ class EngineModel(RuleBasedStateMachine):
         assert c.state is CutState.COMMITTED
         for n in c.luns:
             gens = self.engine.generations(n)
-            assert gens[-1].index == c.new_generation[n]
+            assert gens[-1].index == c.new_generations[n]
             assert gens[-1].state is VolumeState.LIVE
             assert gens[-2].state in (VolumeState.DRAINING, VolumeState.FROZEN)
 
@@ -482,12 +484,12 @@ class EngineModel(RuleBasedStateMachine):
                 self.apply(self.engine.commit(c), event="commit")
             elif self.pending_clones:
                 a = self.pending_clones.pop(0)
-                self.vols[(a.lun, a.new)] = list(self.vols[(a.lun, a.source)])
-                self.cloned[a.cut.id].add(a.lun)
-                self.apply(self.engine.clone_done(a.cut, a.lun), event="clone_done")
+                self.vols[(a.lun_name, a.new)] = list(self.vols[(a.lun_name, a.source)])
+                self.cloned[a.cut.id].add(a.lun_name)
+                self.apply(self.engine.clone_done(a.cut, a.lun_name), event="clone_done")
             elif self.pending_io:
                 rec, gen = self.pending_io[0]
-                key = (rec.lun, gen)
+                key = (rec.lun_name, gen)
                 assert key not in self.frozen
                 if rec.op is Op.WRITE:
                     for b in range(rec.start, rec.end):
@@ -498,7 +500,7 @@ class EngineModel(RuleBasedStateMachine):
                 rec, gen, fail = self.performed.pop()
                 (rec.failed if fail else rec.ok).add(gen)
                 if fail and gen != rec.cmd.home:
-                    self.damaged.add((rec.lun, gen))
+                    self.damaged.add((rec.lun_name, gen))
                 self.apply(
                     self.engine.io_done(rec.cmd, [gen], "EIO" if fail else None),
                     event="io_done",
@@ -551,16 +553,18 @@ class EngineModel(RuleBasedStateMachine):
                 if g.state is VolumeState.DRAINING:
                     # Freeze promptly: something pre-cut must still be in flight.
                     assert any(
-                        r.lun == lun and not r.completed and r.cmd.home <= g.index
+                        r.lun_name == lun and not r.completed and r.cmd.home <= g.index
                         for r in self.recs
                     ), f"{lun} generation {g.index} drained but not frozen"
                 assert g.damaged == ((lun, g.index) in self.damaged), (
                     f"{lun} generation {g.index} damaged={g.damaged}"
                 )
-            inflight = [r for r in self.recs if r.lun == lun and not r.completed]
+            inflight = [r for r in self.recs if r.lun_name == lun and not r.completed]
             assert self.engine.inflight(lun) == len(inflight)
             locks = [
-                (info.seq, info.start, info.end) for info in self.engine.locks() if info.lun == lun
+                (info.seq, info.start, info.end)
+                for info in self.engine.locks()
+                if info.lun_name == lun
             ]
             assert locks == [(r.seq, r.start, r.end) for r in inflight if r.is_write]
         newest_cloning = {
@@ -579,9 +583,9 @@ class EngineModel(RuleBasedStateMachine):
                 continue
             # Liveness: waiting for nothing and doing nothing is only allowed while the
             # clone it needs is still being made.
-            newest = self.engine.generations(rec.lun)[-1].index
+            newest = self.engine.generations(rec.lun_name)[-1].index
             assert (
-                newest_cloning[rec.lun]
+                newest_cloning[rec.lun_name]
                 and (rec.op is Op.WRITE or rec.cmd.home == newest)
                 and rec.cmd.error is None
             ), f"seq {rec.seq} ({rec.op.name}) is stuck"

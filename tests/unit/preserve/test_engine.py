@@ -35,7 +35,7 @@ def completes(actions: list) -> list[int]:
 
 
 def freezes(actions: list) -> list[tuple[str, int]]:
-    return [(a.lun, a.generation) for a in actions if isinstance(a, Freeze)]
+    return [(a.lun_name, a.generation) for a in actions if isinstance(a, Freeze)]
 
 
 def states(e: Engine, lun: str = "a") -> list[tuple[int, VolumeState]]:
@@ -54,7 +54,7 @@ def preserve(e: Engine, luns: list[str]) -> tuple[Cut, list]:
     cut, actions = e.cut(luns)
     out: list = []
     for a in actions:
-        out += e.clone_done(cut, a.lun)
+        out += e.clone_done(cut, a.lun_name)
     assert out == [Commit(cut)]
     return cut, e.commit(cut)
 
@@ -170,7 +170,7 @@ def test_commit_only_when_every_clone_is_made() -> None:
     e = make("a", "b", "c")
     cut, actions = e.cut(["a", "b", "a"])
     assert cut.luns == ("a", "b")
-    assert sorted((a.lun, a.source, a.new) for a in actions) == [("a", 0, 1), ("b", 0, 1)]
+    assert sorted((a.lun_name, a.source, a.new) for a in actions) == [("a", 0, 1), ("b", 0, 1)]
     assert e.clone_done(cut, "b") == []
     assert e.clone_done(cut, "a") == [Commit(cut)]
     e.commit(cut)
@@ -189,7 +189,7 @@ def test_multi_lun_cut_shares_t() -> None:
     pb, _ = e.submit("b", W, 8, 12)
     assert (pa.home, pb.home) == (1, 1)
     assert (wa.home, wb.home) == (0, 0)
-    assert cut.new_generation == {"a": 1, "b": 1}
+    assert cut.new_generations == {"a": 1, "b": 1}
 
 
 # ---- routing: pre-cut and post-cut commands (rules 4, 5) ---------------------------
@@ -254,7 +254,7 @@ def test_post_cut_waits_only_on_overlapping_pre_cut_writes() -> None:
     assert (p1.blockers, p2.blockers, p3.blockers, p4.blockers) == (1, 1, 0, 1)
     assert a1 == [] and a2 == [] and a4 == []
     assert starts(a3) == [(3, (1,))]
-    locks = {(i.seq, i.held, i.pre_cut, i.waiters) for i in e.locks()}
+    locks = {(i.seq, i.held, i.pre_cut, i.waiter_count) for i in e.locks()}
     assert locks == {(0, True, True, 2), (1, False, False, 1), (2, False, False, 0)}
     assert e.io_done(w, [1]) == [], "w still runs on its home"
     actions = e.io_done(w, [0])
@@ -381,7 +381,7 @@ def test_clone_failure_aborts_the_whole_group() -> None:
     assert e.clone_done(cut, "a") == []
     actions = e.clone_failed(cut, "b", "ENOSPC")
     assert cut.state is CutState.ABORTED and "ENOSPC" in (cut.error or "")
-    assert sorted((d.lun, d.generation) for d in actions if isinstance(d, Discard)) == [
+    assert sorted((d.lun_name, d.generation) for d in actions if isinstance(d, Discard)) == [
         ("a", 1),
         ("b", 1),
     ]
@@ -398,7 +398,7 @@ def test_clone_failure_aborts_the_whole_group() -> None:
     assert e.inflight("a") == e.inflight("b") == 0
     # A new cut takes the place of the aborted one.
     cut2, actions = e.cut(["a", "b"])
-    assert sorted((a.lun, a.source, a.new) for a in actions) == [("a", 0, 1), ("b", 0, 1)]
+    assert sorted((a.lun_name, a.source, a.new) for a in actions) == [("a", 0, 1), ("b", 0, 1)]
     assert cut2.seq == 4
 
 
@@ -441,7 +441,7 @@ def test_partial_io_done_in_any_order() -> None:
     preserve(e, ["a"])
     preserve(e, ["a"])
     # Started on 0 at intake, on 1 and then 2 at the commits.
-    assert w.inflight == {0, 1, 2}
+    assert w.outstanding == {0, 1, 2}
     assert e.io_done(w, [2]) == []
     assert e.io_done(w, []) == []
     assert e.io_done(w, [0]) == []
@@ -538,7 +538,7 @@ def test_freeze_never_comes_with_io_in_flight_on_it(while_cloning: bool) -> None
         f, actions = e.submit("a", F)
         run(actions)
         done(w, [0, 1])
-    done(f, sorted(f.inflight))
+    done(f, sorted(f.outstanding))
     assert f.finished and states(e) == [(0, FROZEN), (1, LIVE)]
 
 
@@ -581,7 +581,7 @@ def test_commands_are_plain_objects() -> None:
     e = make()
     cmd, _ = e.submit("a", R, 3, 9)
     assert isinstance(cmd, Command)
-    assert (cmd.lun, cmd.op, cmd.start, cmd.end, cmd.home) == ("a", R, 3, 9, 0)
+    assert (cmd.lun_name, cmd.op, cmd.start, cmd.end, cmd.home) == ("a", R, 3, 9, 0)
 
 
 def test_commit_refuses_an_aborted_or_repeated_cut() -> None:
