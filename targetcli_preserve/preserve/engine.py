@@ -192,7 +192,6 @@ class Engine:
         self._next_seq = first_seq
         self._next_cut = first_cut
         self._luns: dict[str, _Lun] = {}
-        self.cuts: dict[int, Cut] = {}
 
     # ---- configuration -------------------------------------------------------
 
@@ -299,7 +298,6 @@ class Engine:
                 raise UserError(f"LUN {lun.name!r} is already being cut; try again")
         cut = Cut(self._next_cut, self._next_seq, names, {})
         self._next_cut += 1
-        self.cuts[cut.id] = cut
         actions: list[Action] = []
         for lun in luns:
             source = lun.newest
