@@ -70,6 +70,7 @@ class ControlCommands:
                 {
                     "name": n,
                     "inflight_at_cut": cut.inflight_at_cut[n],
+                    "issued_at_cut": cut.issued_at_cut[n],
                     "preserved": self._volume_info(n, cut.new_generations[n] - 1),
                     "live": self._volume_info(n, cut.new_generations[n]),
                 }
@@ -99,6 +100,7 @@ class ControlCommands:
             "wwn": record.wwn,
             "live": self._volume_info(name, gens[-1].index),
             "inflight": self.engine.inflight(name),
+            "issued": self.engine.issued(name),
             "volumes": len(gens),
             "draining": sum(g.state is VolumeState.DRAINING for g in gens),
             "last_preserve": preserve_info(cuts[-1]) if cuts else None,

@@ -100,6 +100,7 @@ class Cut:
     pending_clones: set[str] = field(default_factory=set)
     error: str | None = None
     inflight_at_cut: dict[str, int] = field(default_factory=dict)  # pre-cut, per LUN
+    issued_at_cut: dict[str, int] = field(default_factory=dict)  # commands before T, per LUN
 
 
 # ---- actions: what the driver must do -------------------------------------------
@@ -168,7 +169,7 @@ class LockInfo:
 
 
 class _Lun:
-    __slots__ = ("commands", "generations", "inflight_by_home", "locks", "name")
+    __slots__ = ("commands", "generations", "inflight_by_home", "issued", "locks", "name")
 
     def __init__(self, name: str, generations: list[Generation]) -> None:
         self.name = name
@@ -176,6 +177,7 @@ class _Lun:
         self.locks: LockTable[Command] = LockTable()
         self.inflight_by_home: dict[int, int] = {}  # home generation -> commands in flight
         self.commands: dict[int, Command] = {}  # seq -> command in flight, issue order
+        self.issued = 0  # commands taken in since the daemon started
 
     @property
     def newest(self) -> Generation:
@@ -228,6 +230,10 @@ class Engine:
     def inflight(self, name: str) -> int:
         return sum(self._lun(name).inflight_by_home.values())
 
+    def issued(self, name: str) -> int:
+        """Commands LUN ``name`` has taken in since the engine started."""
+        return self._lun(name).issued
+
     def locks(self) -> list[LockInfo]:
         out: list[LockInfo] = []
         for lun in self._luns.values():
@@ -262,6 +268,7 @@ class Engine:
         newest = lun.newest
         cmd = Command(self._next_seq, lun_name, op, start, end, newest.index)
         self._next_seq += 1
+        lun.issued += 1
         lun.inflight_by_home[cmd.home] = lun.inflight_by_home.get(cmd.home, 0) + 1
         lun.commands[cmd.seq] = cmd
         actions: list[Action] = []
@@ -306,6 +313,7 @@ class Engine:
             cut.new_generations[lun.name] = new.index
             cut.pending_clones.add(lun.name)
             cut.inflight_at_cut[lun.name] = sum(lun.inflight_by_home.values())
+            cut.issued_at_cut[lun.name] = lun.issued
             actions.append(Clone(cut, lun.name, source.index, new.index))
         return cut, actions
 

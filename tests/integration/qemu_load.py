@@ -102,6 +102,16 @@ class QemuIo:
             lines = list(self.lines)
         return [(int(m.group(3)), int(m.group(1))) for line in lines if (m := _WROTE.search(line))]
 
+    def settle(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` writes are acknowledged, nudging qemu-io with empty lines
+        (no-ops that send nothing to the target) so no fed line waits in its buffer."""
+        deadline = time.monotonic() + timeout
+        while len(self.acknowledged()) < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"qemu-io acknowledged too few writes:\n{self.output()}")
+            self.send("\n")
+            time.sleep(0.002)
+
     def wait_acknowledged(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while len(self.acknowledged()) < count:

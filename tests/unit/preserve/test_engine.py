@@ -139,6 +139,17 @@ def test_cut_takes_t_without_waiting() -> None:
     assert completes(e.io_done(r, [0])) == [1]
 
 
+def test_issued_counts_each_luns_commands_and_the_cut_records_them() -> None:
+    e = make("a", "b")
+    for lun in ("a", "b", "a"):
+        e.submit(lun, R, 0, 1)
+    assert (e.issued("a"), e.issued("b")) == (2, 1)
+    cut, _ = e.cut(["a", "b"])
+    assert cut.issued_at_cut == {"a": 2, "b": 1}  # the commands of each LUN before T
+    e.submit("b", W, 0, 1)  # post-cut: counted from now on, not in the cut
+    assert e.issued("b") == 2 and cut.issued_at_cut["b"] == 1
+
+
 def test_cut_needs_a_known_lun() -> None:
     e = make()
     with pytest.raises(UserError):
