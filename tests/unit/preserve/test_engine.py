@@ -277,6 +277,26 @@ def test_post_cut_waits_only_on_overlapping_pre_cut_writes() -> None:
     assert p1.done == {1}, "post-cut writes never go back to the old generation"
 
 
+def test_a_write_that_only_replicates_still_holds_its_lock() -> None:
+    """Its home I/O is done, its copy into the clone is not: commands that come later
+    and overlap it wait, as for any write in flight (rule 4). A lock table that let
+    them through would let a post-cut write land under the replication."""
+    e = make()
+    w, _ = e.submit("a", W, 0, 8)
+    _cut, actions = preserve(e, ["a"])
+    assert starts(actions) == [(0, (1,))]
+    assert e.io_done(w, [0]) == [], "still replicating: not complete"
+    later_w, aw = e.submit("a", W, 6, 10)  # overlaps w's last blocks
+    later_r, ar = e.submit("a", R, 0, 1)  # overlaps w's first block
+    beside, ab = e.submit("a", W, 8, 12)  # touches w's range but does not overlap it
+    assert (aw, ar) == ([], []), "an overlapping command overtook a replicating write"
+    assert (later_w.blockers, later_r.blockers) == (1, 1)
+    assert starts(ab) == [], "it overlaps later_w, which waits: issue order"
+    actions = e.io_done(w, [1])
+    assert completes(actions) == [0]
+    assert sorted(starts(actions)) == [(1, (1,)), (2, (1,))]
+
+
 def test_reads_go_to_their_home_only() -> None:
     e = make()
     r0, a0 = e.submit("a", R, 0, 4)
