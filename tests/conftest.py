@@ -1,4 +1,4 @@
-"""Rules for the whole suite.
+"""Rules for the whole suite: no silent skips under CI, and hypothesis' CI profile.
 
 Under CI (``CI=true``) a skip is a failure: ``scripts/setup`` installs every tool the
 tests use and CI runs as root, so a test that skips there is a test that silently did
@@ -14,6 +14,11 @@ from collections.abc import Generator
 
 import pytest
 from helpers.skips import NOT_APPLICABLE
+from hypothesis import settings
+
+# CI runs with a fixed profile and a seed it prints (.ci/run), so a failure found there
+# can be run again exactly: --hypothesis-profile=ci --hypothesis-seed=SEED.
+settings.register_profile("ci", print_blob=True, deadline=None)
 
 
 def _under_ci() -> bool:

@@ -288,7 +288,7 @@ def test_a_write_that_only_replicates_still_holds_its_lock() -> None:
     assert e.io_done(w, [0]) == [], "still replicating: not complete"
     later_w, aw = e.submit("a", W, 6, 10)  # overlaps w's last blocks
     later_r, ar = e.submit("a", R, 0, 1)  # overlaps w's first block
-    beside, ab = e.submit("a", W, 8, 12)  # touches w's range but does not overlap it
+    _beside, ab = e.submit("a", W, 8, 12)  # touches w's range but does not overlap it
     assert (aw, ar) == ([], []), "an overlapping command overtook a replicating write"
     assert (later_w.blockers, later_r.blockers) == (1, 1)
     assert starts(ab) == [], "it overlaps later_w, which waits: issue order"
