@@ -82,7 +82,9 @@ def test_sigkill_during_preserve(state_dir, clone_strategy, tmp_path, kill_at):
         io.feed([w.verbose_line() for w in writes[:80]])
         io.settle(20)
         feeder = io.feed_in_background([w.verbose_line() for w in writes[80:200]])
+        deadline = time.monotonic() + 30
         while io.sent < 120:
+            assert time.monotonic() < deadline, "the feeder stalled"
             time.sleep(0.001)
         acked_before = {off // SLOT for off, _ in io.acknowledged()}
         outcome: dict = {}

@@ -345,8 +345,9 @@ async def test_crash_during_background_hydration(lazy_dir: Path) -> None:
     await src.write(0, payload)
     clone = await clone_volume(src, lazy_dir / "c", chunk_size=CS)
     await clone.write(5 * CS + 3, b"acked")
-    while clone.hydration_progress() < 0.3:
-        await asyncio.sleep(0.001)
+    async with asyncio.timeout(30):
+        while clone.hydration_progress() < 0.3:
+            await asyncio.sleep(0.001)
     assert clone._hydrator is not None
     clone._hydrator.cancel()  # the process "dies" mid-hydration; nothing is flushed
     await asyncio.sleep(0.05)
