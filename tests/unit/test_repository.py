@@ -23,7 +23,9 @@ def tracked_files() -> list[Path]:
 
 
 def test_nothing_points_outside_the_repository() -> None:
-    outside = re.compile(r"\.\./shared|\bshared/DESIGN|\bDESIGN\.md\b|\bshared/notes\b")
+    outside = re.compile(
+        r"\.\./shared|\bshared/DESIGN|\bDESIGN\.md\b|\bshared/notes\b|\benvironment\.md\b"
+    )
     offenders = []
     for path in tracked_files():
         if path == Path(__file__).resolve() or not path.is_file():
