@@ -343,8 +343,10 @@ def read_mailbox(buf: WritableBuffer) -> Mailbox:
     (cmd_tail,) = _U32.unpack_from(view, _MB_TAIL)
     if version != MAILBOX_VERSION:
         raise RingError("version", f"{version}, this codec speaks {MAILBOX_VERSION}")
-    if cmdr_off < _MB_END or cmdr_off % ENTRY_ALIGN:
-        raise RingError("cmdr_off", f"{cmdr_off:#x} overlaps the mailbox or is not 8-aligned")
+    if cmdr_off < _MB_END or cmdr_off % ENTRY_ALIGN or cmdr_off >= len(view):
+        raise RingError(
+            "cmdr_off", f"{cmdr_off:#x} overlaps the mailbox, is not 8-aligned or is past the map"
+        )
     if cmdr_size == 0 or cmdr_size % ENTRY_ALIGN:
         raise RingError("cmdr_size", f"{cmdr_size:#x} is not a positive multiple of 8")
     if cmdr_off + cmdr_size > len(view):

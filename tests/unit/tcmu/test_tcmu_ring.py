@@ -70,7 +70,7 @@ def kick(sim: SimKernel, ring: TcmuRing) -> int:
 
 
 def test_mailbox_as_the_kernel_sets_it_up() -> None:
-    sim, ring = pair(cmdr_size=4096 - 128, data_blocks=8)
+    _, ring = pair(cmdr_size=4096 - 128, data_blocks=8)
     mb = ring.mailbox()
     assert (mb.version, mb.cmdr_off, mb.cmdr_size) == (2, 0x80, 4096 - 128)
     assert (mb.cmd_head, mb.cmd_tail) == (0, 0)
