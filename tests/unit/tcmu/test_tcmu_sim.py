@@ -52,15 +52,15 @@ def test_offsets_verified_on_a_real_kernel() -> None:
     assert u(sim, 4, "I") == 0x80
     entry = CMDR_OFF + cmd.entry
     assert u(sim, entry + 24, "Q") == entry + 112  # CDB right after the 112-byte minimum
-    assert sim.buffer[entry + 112 : entry + 122] == cmd.cdb
+    assert bytes(sim.buffer[entry + 112 : entry + 122]) == cmd.cdb
     assert u(sim, entry + 48, "Q") == cmd.iovecs[0].offset == sim.data_off
     assert u(sim, entry + 56, "Q") == cmd.iovecs[0].length == 700
     cmd.write_data_in(bytes(700))
     ring.complete(cmd, CHECK_CONDITION, b"\x70\x00\x05\x00", read_len=300)
     assert sim.buffer[entry + 8] == CHECK_CONDITION
     assert u(sim, entry + 12, "I") == 300
-    assert sim.buffer[entry + 16 : entry + 20] == b"\x70\x00\x05\x00"
-    assert sim.buffer[entry + 20 : entry + 112] == bytes(92)
+    assert bytes(sim.buffer[entry + 16 : entry + 20]) == b"\x70\x00\x05\x00"
+    assert bytes(sim.buffer[entry + 20 : entry + 112]) == bytes(92)
     assert sim.buffer[entry + 7] == UFLAG_READ_LEN
     assert u(sim, entry, "I") == 128 | 1  # len_op untouched
     assert u(sim, 64, "I") == 128 == sim.head
