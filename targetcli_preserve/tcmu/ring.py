@@ -22,14 +22,19 @@ tcmu-runner's ``tcmulib_command_complete`` does) and the tail moves at every com
 CDB and iovecs are copied out when an entry is decoded, because a response overwrites
 ``req``. Everything the kernel wrote (mailbox, lengths, ids, counts, ``cdb_off``,
 iovecs) is bounds-checked against the buffer first: a malformed ring raises
-:class:`RingError` naming the field, never reads or writes out of bounds.
+:class:`RingError` naming the field, never reads or writes out of bounds. What the codec
+holds is bounded by the ring: one record per unreleased entry (entries are at least
+8 bytes) and at most 65535 outstanding commands (``cmd_id`` is 16 bits).
 
 Left to the edge: opening ``/dev/uioN`` and mmap'ing the whole map (its size is in
 ``/sys/class/uio/uioN/maps/map0/size``), ``read(fd, 4)`` to wait for new entries,
 ``write(fd, 4)`` after :meth:`TcmuRing.take_notify` says ``cmd_tail`` moved, the netlink
 device-added/removed handshake, and ``block_dev``/``reset_ring`` through configfs when a
-restarted daemon finds ``cmd_tail != cmd_head``. Offsets are in host byte order and the
-iovec layout is the 64-bit one (``struct iovec``: two 64-bit words).
+restarted daemon finds ``cmd_tail != cmd_head``. Python has no memory barriers, so the
+edge relies on the system calls for ordering: the kernel reads ``cmd_tail`` and the
+responses only in the ``write`` that follows them, and the codec should read
+``cmd_head`` after the ``read`` that announced it. Offsets are in host byte order and
+the iovec layout is the 64-bit one (``struct iovec``: two 64-bit words).
 """
 
 from __future__ import annotations
