@@ -25,9 +25,6 @@ from targetcli_preserve.iscsi.login import (
     SessionParams,
     SessionType,
     TargetLimits,
-    TextFormatError,
-    encode_text,
-    parse_text,
 )
 from targetcli_preserve.iscsi.pdu import (
     R2T,
@@ -58,6 +55,7 @@ from targetcli_preserve.iscsi.pdu import (
     encode_pdu,
     field_to_lun,
 )
+from targetcli_preserve.iscsi.text import TextFormatError, encode_text, parse_text
 
 _log = logging.getLogger(__name__)
 _M = 0xFFFFFFFF
