@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import crc32c as _crc32c
 
 from targetcli_preserve.iscsi.codes import BHS_LEN, RejectReason
-from targetcli_preserve.iscsi.pdus import Pdu, PduError, decode_bhs
+from targetcli_preserve.iscsi.pdus import DECODERS, Pdu, PduError
 
 _crc = _crc32c.crc32c
 
@@ -61,7 +61,10 @@ def encode_pdu(pdu: Pdu, header_digest: bool = False, data_digest: bool = False)
     """Wire bytes of one PDU: BHS, AHS, HeaderDigest, data + padding, DataDigest."""
     ahs = pdu.ahs
     data = pdu.data
-    bhs = encode_bhs(pdu, len(ahs), len(data))
+    dsl = len(data)
+    if len(ahs) & 3 or dsl > 0xFFFFFF:
+        encode_bhs(pdu)  # raises the ValueError saying which length is wrong
+    bhs = pdu._pack_bhs((len(ahs) >> 2) << 24 | dsl)  # encode_bhs, without a call per PDU
     parts: list[bytes | memoryview] = [bhs]
     if ahs:
         parts.append(ahs)
@@ -127,11 +130,14 @@ class PduDecoder:
         if self.broken:
             return []
         buf = self._buf
-        buf += chunk
+        src: bytes | bytearray = chunk  # decoded in place when nothing is buffered
+        if buf:
+            buf += chunk
+            src = buf
         out: list[Pdu | BadPdu] = []
         pos = 0
-        end = len(buf)
-        mv = memoryview(buf)
+        end = len(src)
+        mv = memoryview(src)
         try:
             while end - pos >= BHS_LEN:
                 lengths = int.from_bytes(mv[pos + 4 : pos + 8], "big")
@@ -186,14 +192,18 @@ class PduDecoder:
                 ahs = bytes(mv[pos + BHS_LEN : hend]) if ahs_len else b""
                 data = bytes(mv[dstart : dstart + dsl]) if dsl else b""
                 try:
-                    out.append(decode_bhs(mv[pos : pos + BHS_LEN], ahs, data))
+                    # decode_bhs, without a call per PDU
+                    decode = DECODERS[mv[pos] & 0x3F]
+                    out.append(decode(mv[pos : pos + BHS_LEN], ahs, data))
                 except PduError as err:
                     out.append(BadPdu(err.header, err.reason, str(err), False))
                 pos += total
         finally:
+            if src is not buf and pos < end and not self.broken:
+                buf += mv[pos:]  # the start of a PDU still to come
             mv.release()
             if self.broken:
                 buf.clear()
-            elif pos:
+            elif src is buf and pos:
                 del buf[:pos]
         return out

@@ -20,7 +20,7 @@ import linecache
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from targetcli_preserve.iscsi.codes import BHS_LEN, Opcode
 
@@ -88,6 +88,7 @@ class PduBase:
 
 
 P = TypeVar("P", bound=PduBase)
+Params = ParamSpec("Params")
 
 # decode(bhs, ahs, data) -> PDU: the generated decoder of one class.
 Decoder = Callable[[bytes | memoryview, bytes, bytes], P]
@@ -188,3 +189,37 @@ def compile_layout(cls: type[P]) -> Decoder[P]:
     setattr(cls, "_pack_bhs", pack_bhs)  # noqa: B010 - replaces the base class's method
     decoder: Decoder[P] = decode
     return decoder
+
+
+def fast_constructor(cls: Callable[Params, P]) -> Callable[Params, P]:
+    """A function that builds a ``cls`` exactly as calling ``cls`` does, only faster
+    when called with keyword arguments: for the PDUs built for every command.
+
+    Calling a class with keyword arguments goes through ``type.__call__``, which packs
+    them into a dict for ``__init__`` (CPython 3.11): for a PDU that is about twice the
+    cost of positional arguments. The generated function has the dataclass ``__init__``'s
+    parameters and defaults, is called directly (no dict), and fills the slots itself;
+    so it is only made for slotted dataclasses whose fields all have plain defaults."""
+    if not (isinstance(cls, type) and is_dataclass(cls)) or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls!r} is not a dataclass without __post_init__")
+    names = [f.name for f in fields(cls)]
+    defaults = tuple(f.default for f in fields(cls))
+    if any(not isinstance(d, (int, bytes)) for d in defaults):
+        raise TypeError(f"{cls.__name__}: every field needs a plain default")
+    filename = f"<fast {cls.__name__}>"
+    body = "".join(f"        p.{n} = {n}\n" for n in names)
+    src = (
+        "def make(cls, new):\n"
+        f"    def new_{cls.__name__}({', '.join(names)}):\n"
+        "        p = new(cls)\n"
+        f"{body}"
+        "        return p\n"
+        f"    return new_{cls.__name__}\n"
+    )
+    linecache.cache[filename] = (len(src), None, src.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {}  # what exec defines is untyped by nature
+    exec(compile(src, filename, "exec"), namespace)  # noqa: S102 - built from the fields
+    build = namespace["make"](cls, object.__new__)
+    build.__defaults__ = defaults
+    constructor: Callable[Params, P] = build
+    return constructor

@@ -553,6 +553,20 @@ Pdu = (
     | Snack
 )
 
+# What a target sends in full feature phase: each carries StatSN, ExpCmdSN and MaxCmdSN
+# (RFC 7143 4.2.2), which the session fills in at one place.
+TargetPdu = (
+    NopIn
+    | ScsiResponsePdu
+    | TaskManagementResponse
+    | TextResponse
+    | DataIn
+    | LogoutResponse
+    | R2T
+    | AsyncMessage
+    | Reject
+)
+
 
 # --------------------------------------------------------------------------- decoding
 
@@ -565,11 +579,11 @@ def _unknown_opcode(bhs: bytes | memoryview, ahs: bytes, data: bytes) -> Pdu:
     )
 
 
-# 6-bit opcode -> decode(bhs, ahs, data) -> PDU
-_DECODERS: list[Callable[[bytes | memoryview, bytes, bytes], Pdu]] = [_unknown_opcode] * 64
+# 6-bit opcode -> decode(bhs, ahs, data) -> PDU: the decoders, by opcode (decode_bhs)
+DECODERS: list[Callable[[bytes | memoryview, bytes, bytes], Pdu]] = [_unknown_opcode] * 64
 for _cls in get_args(Pdu):
     _pdu_cls: type[Pdu] = _cls
-    _DECODERS[_pdu_cls.OPCODE] = compile_layout(_pdu_cls)
+    DECODERS[_pdu_cls.OPCODE] = compile_layout(_pdu_cls)
 del _cls, _pdu_cls
 
 
@@ -577,4 +591,4 @@ def decode_bhs(bhs: bytes | memoryview, ahs: bytes = b"", data: bytes = b"") -> 
     """Decode one BHS (48 bytes) into its PDU dataclass, attaching ``ahs`` and ``data``.
 
     Raises PduError (reason COMMAND_NOT_SUPPORTED) for an unknown opcode."""
-    return _DECODERS[bhs[0] & 0x3F](bhs, ahs, data)
+    return DECODERS[bhs[0] & 0x3F](bhs, ahs, data)

@@ -95,10 +95,13 @@ class TextExchange:
         *,
         max_segment: int,
         new_ttt: Callable[[], int],
-        send_targets: Callable[[str], list[tuple[str, str]]],
+        targets: Collection[str],
+        session_target: str,
+        portal: tuple[str, int],
+        portal_group_tag: int,
     ) -> TextResponse | RejectReason:
         """``max_segment`` is the initiator's MaxRecvDataSegmentLength; ``new_ttt`` gives
-        a Target Transfer Tag; ``send_targets`` answers a SendTargets value."""
+        a Target Transfer Tag; the rest is what :func:`send_targets` needs."""
         ttt = pdu.target_transfer_tag
         if ttt != RESERVED_TAG:
             rest = self._pending.pop(ttt, None)
@@ -127,7 +130,15 @@ class TextExchange:
         answers: list[tuple[str, str]] = []
         for key, value in pairs:
             if key == "SendTargets":
-                answers.extend(send_targets(value))
+                answers.extend(
+                    send_targets(
+                        value,
+                        targets=targets,
+                        session_target=session_target,
+                        portal=portal,
+                        portal_group_tag=portal_group_tag,
+                    )
+                )
             else:
                 # Operational keys cannot be renegotiated in FFP here: NotUnderstood.
                 answers.append((key, "NotUnderstood"))

@@ -675,8 +675,9 @@ def test_read_with_digests():
 
 
 def test_login_through_connection_enables_digests():
+    from targetcli_preserve.iscsi.events import LoginComplete
     from targetcli_preserve.iscsi.pdu import LoginResponse, PduDecoder
-    from targetcli_preserve.iscsi.session import Connection, LoginComplete
+    from targetcli_preserve.iscsi.session import Connection
     from targetcli_preserve.iscsi.text import encode_text
 
     conn = Connection({TARGET})
