@@ -1,17 +1,18 @@
-"""The BHS layout compiler: generated code shows in tracebacks, bad tables are refused."""
+"""The BHS layout compiler: generated code shows in tracebacks, bad tables are refused,
+fast constructors build what the classes build."""
 
 from __future__ import annotations
 
 import struct
 import traceback
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, get_args
 
 import pytest
 
 from targetcli_preserve.iscsi.codes import Opcode
-from targetcli_preserve.iscsi.layout import Layout, PduBase, compile_layout
-from targetcli_preserve.iscsi.pdu import NopIn, ScsiCommand, decode_bhs, encode_pdu
+from targetcli_preserve.iscsi.layout import Layout, PduBase, compile_layout, fast_constructor
+from targetcli_preserve.iscsi.pdu import DataIn, NopIn, Pdu, ScsiCommand, decode_bhs, encode_pdu
 
 
 def test_a_traceback_through_a_generated_pack_shows_its_source_line():
@@ -56,3 +57,13 @@ def test_a_table_cannot_claim_the_lengths_word():
 
     with pytest.raises(TypeError, match="offset 4"):
         compile_layout(Bogus)
+
+
+def test_a_fast_constructor_builds_what_the_class_builds():
+    for cls in get_args(Pdu):
+        assert fast_constructor(cls)() == cls()
+    build = fast_constructor(DataIn)
+    kw = {"final": True, "status_present": True, "status": 2, "data_sn": 3, "data": b"xy"}
+    assert build(**kw) == DataIn(**kw)
+    with pytest.raises(TypeError):
+        build(no_such_field=1)
