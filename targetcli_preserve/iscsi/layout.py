@@ -4,11 +4,13 @@ Owns :class:`PduBase` (what every PDU class has: ``OPCODE``, its ``_BHS`` table 
 generated ``_pack_bhs``) and :func:`compile_layout`, which reads a class's table once,
 at import, and generates a straight-line pack function and decode function around one
 precompiled ``struct.Struct`` per direction: encoding or decoding a BHS is one
-``pack`` or one ``unpack_from`` (RFC 7143 section 11 gives the layouts).
+``pack`` or one ``unpack_from`` (RFC 7143 section 11 gives the layouts). Also
+:func:`fast_constructor`, for the PDUs built on every command (Data-In, SCSI Response,
+R2T): keyword calls that cost what positional ones do.
 
 The functions are generated source run with ``exec`` (the way ``dataclasses`` builds
 ``__init__``). The source is registered with :mod:`linecache` under the name
-``<BHS of Cls>``, so a traceback through a generated function shows its line. A
+``<BHS of Cls>`` (``<fast Cls>``), so a traceback through a generated function shows its line. A
 checked-in generated module was the alternative; it was not taken because the table
 next to each class's fields would then no longer be the one source of its layout, and
 every layout change would need a regeneration step and a test that it was done.

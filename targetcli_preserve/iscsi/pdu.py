@@ -6,7 +6,8 @@ gathers their public names:
 * ``codes.py``: opcodes, reason and status codes, stages, the LUN field;
 * ``layout.py``: the BHS layout language and the compiler that generates each PDU
   class's pack function and decoder from its table (``PduBase``);
-* ``pdus.py``: the 18 PDU dataclasses and ``decode_bhs``;
+* ``pdus.py``: the 18 PDU dataclasses, ``TargetPdu`` (those carrying StatSN, ExpCmdSN
+  and MaxCmdSN) and ``decode_bhs``;
 * ``framing.py``: whole PDUs on the wire, digests, and the stream decoder ``PduDecoder``.
 
 ``encode_pdu`` turns a PDU dataclass into wire bytes; ``PduDecoder`` takes arbitrary
@@ -57,6 +58,7 @@ from targetcli_preserve.iscsi.pdus import (
     ScsiCommand,
     ScsiResponsePdu,
     Snack,
+    TargetPdu,
     TaskManagementRequest,
     TaskManagementResponse,
     TextRequest,
@@ -94,6 +96,7 @@ __all__ = [
     "ScsiServiceResponse",
     "Snack",
     "Stage",
+    "TargetPdu",
     "TaskManagementRequest",
     "TaskManagementResponse",
     "TextRequest",
