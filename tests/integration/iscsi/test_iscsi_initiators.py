@@ -10,8 +10,8 @@ import time
 import pytest
 from conftest import IQN, make_target, need, run
 
-from targetcli_preserve.iscsi.login import encode_text
 from targetcli_preserve.iscsi.pdu import LoginRequest, PduDecoder, encode_pdu
+from targetcli_preserve.iscsi.text import encode_text
 
 
 def test_discovery_lists_target_and_portal(iscsi_server):

@@ -86,7 +86,7 @@ def test_random_pdus_and_completions(steps, initial_r2t):
     running = []
     for pdu, complete, status, sn, itt, ttt in steps:
         if hasattr(pdu, "cmd_sn"):
-            pdu.cmd_sn = (h.conn.exp_cmd_sn + sn - 1) & 0xFFFFFFFF
+            pdu.cmd_sn = (h.conn.window.exp_cmd_sn + sn - 1) & 0xFFFFFFFF
         if hasattr(pdu, "initiator_task_tag"):
             pdu.initiator_task_tag = itt
         if hasattr(pdu, "target_transfer_tag") and ttt < 4:
