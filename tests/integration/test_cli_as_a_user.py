@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers.skips import not_applicable
-from served import Served, need
+from helpers.served import Served
+from helpers.skips import need, not_applicable
 
 from targetcli_preserve import __version__
 

@@ -8,7 +8,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import IQN, make_target, need, run
+from helpers.iscsi_server import IQN, make_target, run
+from helpers.skips import need
 
 from targetcli_preserve.iscsi.pdu import LoginRequest, PduDecoder, encode_pdu
 from targetcli_preserve.iscsi.text import encode_text

@@ -3,10 +3,10 @@ its internal-error guard."""
 
 from __future__ import annotations
 
+from helpers.iscsi_testlib import CloseConnection, ExecuteCommand, Harness
+from helpers.pdu_strategies import any_pdu
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from iscsi_testlib import CloseConnection, ExecuteCommand, Harness
-from test_iscsi_pdu import any_pdu
 
 from targetcli_preserve.iscsi.pdu import (
     DataOut,

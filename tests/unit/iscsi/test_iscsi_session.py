@@ -3,7 +3,7 @@ TMF, Logout and Reject, driven through the sans-I/O Connection."""
 
 from __future__ import annotations
 
-from iscsi_testlib import (
+from helpers.iscsi_testlib import (
     TARGET,
     CloseConnection,
     DataOutAborted,

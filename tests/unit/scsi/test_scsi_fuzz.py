@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers.memstore import MemoryStore
+from helpers.scsi_testlib import make_target
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memstore import MemoryStore
-from scsi_testlib import make_target
 
 from targetcli_preserve.scsi.cdb import COMMANDS, Opcode
 from targetcli_preserve.scsi.target import ScsiResponse, ScsiStatus

@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable
 
-from memstore import MemoryStore
-
+from helpers.memstore import MemoryStore
 from targetcli_preserve._errors import BackendError
 from targetcli_preserve.scsi.target import LogicalUnit, LuIdentity, ScsiResponse, ScsiTarget
 
