@@ -196,7 +196,7 @@ def test_iscsi_test_cu_scsi_subset(iscsi_server):
     assert s["ran"] >= 20 and s["failed"] == 0, out[-4000:]
 
 
-# Every test of the family passes (WRITE residuals come from ScsiResponse.data_out_expected).
+# Every test of the family passes (WRITE residuals come from CommandResult.data_out_expected).
 KNOWN_ISCSI_FAILURES: set[str] = set()
 
 
