@@ -55,9 +55,13 @@ class Failed(Exception):
     pass
 
 
+def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
+
+
 def sh(*argv: str, timeout: float = 60) -> str:
     """Run a command, return its stdout; fail with its output if it fails."""
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    r = run(*argv, timeout=timeout)
     if r.returncode:
         raise Failed(f"{' '.join(argv)} exited {r.returncode}: {(r.stdout + r.stderr).strip()}")
     return r.stdout
@@ -112,7 +116,7 @@ def libiscsi_tools() -> None:
 def kernel_initiator() -> None:
     name = Path("/etc/iscsi/initiatorname.iscsi")
     name.write_text("InitiatorName=iqn.2026-11.org.targetcli-preserve:guest-initiator\n")
-    if subprocess.run(["pgrep", "-x", "iscsid"], capture_output=True).returncode:
+    if run("pgrep", "-x", "iscsid").returncode:
         sh("iscsid")  # forks; no init system here to start it
     found = sh("iscsiadm", "-m", "discovery", "-t", "st", "-p", "127.0.0.1")
     if f"127.0.0.1:3260,1 {IQN}" not in found:
@@ -143,7 +147,7 @@ def kernel_initiator() -> None:
 
 
 def _sessions() -> str:
-    r = subprocess.run(["iscsiadm", "-m", "session"], capture_output=True, text=True)
+    r = run("iscsiadm", "-m", "session")
     return r.stdout.strip() if r.returncode == 0 else ""  # exit 21: no sessions
 
 
@@ -152,7 +156,7 @@ def host_part() -> None:
     tmp = ready.with_suffix(".tmp")
     tmp.write_text(IQN + "\n")
     tmp.rename(ready)
-    print(f"  waiting up to {HOST_WAIT} s for the host (iscsi-inq and qemu-io via the forwarded port)")
+    print(f"  waiting up to {HOST_WAIT} s for the host's initiators (forwarded port)")
     done = RUN / "host-done"
     wait_for("the host's part", done.exists, timeout=HOST_WAIT)
     verdict = done.read_text().strip()
@@ -165,7 +169,7 @@ def host_part() -> None:
 
 
 def tcmu_device() -> None:
-    if subprocess.run(["pgrep", "-x", "tcmu-runner"], capture_output=True).returncode == 0:
+    if run("pgrep", "-x", "tcmu-runner").returncode == 0:
         raise Failed("tcmu-runner is running; this check needs it absent")
     before = set(os.listdir("/sys/class/uio"))
     so = UserBackedStorageObject(
@@ -205,15 +209,16 @@ def main() -> int:
     checks.append(("TCMU user backstore makes a uio device", tcmu_device))
     failed = 0
     for i, (what, check) in enumerate(checks):
+        start = time.monotonic()
         try:
             check()
-        except Exception as e:  # report every check, then fail
+        except Exception as e:  # noqa: BLE001 - report every check, then fail
             failed += 1
-            print(f"FAIL {what}: {type(e).__name__}: {e}")
+            print(f"FAIL {what} ({time.monotonic() - start:.1f} s): {type(e).__name__}: {e}")
             if i == 0:
                 break  # nothing else can run without the target
         else:
-            print(f"ok   {what}")
+            print(f"ok   {what} ({time.monotonic() - start:.1f} s)")
     if with_host and not (RUN / "host-ready").exists():
         (RUN / "host-ready").write_text("skip\n")  # the host need not wait any longer
     RTSRoot().clear_existing(confirm=True)
