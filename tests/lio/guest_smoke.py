@@ -77,6 +77,10 @@ def wait_for(what: str, probe: Callable[[], object], timeout: float = 30) -> obj
     raise Failed(f"{what}: not within {timeout} s")
 
 
+def uptime() -> str:
+    return Path("/proc/uptime").read_text().split()[0]
+
+
 def backing_at(offset: int, length: int) -> bytes:
     with BACKING.open("rb") as f:
         f.seek(offset)
@@ -198,7 +202,7 @@ def tcmu_device() -> None:
 
 def main() -> int:
     with_host = "--host" in sys.argv[1:]
-    print(f"lio smoke test on kernel {facts['kernel']}")
+    print(f"lio smoke test on kernel {facts['kernel']} (uptime {uptime()} s)")
     checks: list[tuple[str, Callable[[], None]]] = [
         ("fileio backstore and iSCSI target", create_target),
         ("libiscsi tools in the guest", libiscsi_tools),
@@ -223,6 +227,7 @@ def main() -> int:
         (RUN / "host-ready").write_text("skip\n")  # the host need not wait any longer
     RTSRoot().clear_existing(confirm=True)
     (RUN / "facts.json").write_text(json.dumps(facts, indent=1) + "\n")
+    print(f"cleaned up (uptime {uptime()} s)")
     print(f"smoke: {len(checks) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
