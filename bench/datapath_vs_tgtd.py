@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-sys.path.insert(0, str(ROOT / "tests" / "integration" / "iscsi"))
+sys.path.insert(0, str(ROOT / "tests"))  # the test helpers: the daemon and tgtd as peers
 
-from served import IQN, Served
-from tgtd_peer import Tgtd, available
+from helpers.served import IQN, Served
+from helpers.tgtd_peer import Tgtd, available
 
 SIZE = 1 << 30
 QD = 16

@@ -1,7 +1,7 @@
 """Login phase (RFC 7143 sections 6 and 13): text keys, stage transitions, negotiation.
 
 Sans-I/O: :class:`LoginNegotiator` takes Login Request PDUs and returns Login Response
-PDUs plus an outcome. It owns the key=value codec, the CSG/NSG/T/C rules, ISID/TSIH,
+PDUs plus an outcome. It owns the CSG/NSG/T/C rules, ISID/TSIH,
 the session type and the negotiated :class:`SessionParams`. Only AuthMethod=None is
 offered; the target's MaxRecvDataSegmentLength and the other limits come from
 :class:`TargetLimits`.
@@ -12,43 +12,13 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Container
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 
-from targetcli_preserve.iscsi.pdu import LoginRequest, LoginResponse, LoginStatus, Stage
+from targetcli_preserve.iscsi.codes import LoginStatus, Stage
+from targetcli_preserve.iscsi.pdus import LoginRequest, LoginResponse
+from targetcli_preserve.iscsi.text import TextFormatError, encode_text, parse_text
 
 _log = logging.getLogger(__name__)
-MAX_KEY_LEN = 63  # RFC 7143 6.1
-MAX_VALUE_LEN = 8192
-
-
-class TextFormatError(ValueError):
-    """Text data that is not a sequence of null-terminated key=value pairs."""
-
-
-def parse_text(data: bytes) -> list[tuple[str, str]]:
-    """Null-separated ``key=value`` pairs (RFC 7143 6.1), in order."""
-    if not data:
-        return []
-    if data[-1] != 0:
-        raise TextFormatError("text data not null-terminated")
-    pairs = []
-    for item in data[:-1].split(b"\0"):
-        if not item:
-            continue  # tolerate padding-like empty items
-        key, sep, value = item.partition(b"=")
-        if not sep or not key:
-            raise TextFormatError(f"malformed text item {item[:64]!r}")
-        if len(key) > MAX_KEY_LEN or len(value) > MAX_VALUE_LEN:
-            raise TextFormatError("text key or value too long")
-        try:
-            pairs.append((key.decode("ascii"), value.decode("utf-8")))
-        except UnicodeDecodeError as err:
-            raise TextFormatError("text key or value not valid UTF-8") from err
-    return pairs
-
-
-def encode_text(pairs: list[tuple[str, str]]) -> bytes:
-    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in pairs)
 
 
 class SessionType(enum.Enum):
@@ -191,30 +161,36 @@ class LoginNegotiator:
 
     # ------------------------------------------------------------------ internals
 
-    def _response(self, req: LoginRequest, **kw) -> LoginResponse:
-        fields = {
-            "csg": req.csg,
-            "nsg": req.nsg,
-            "version_max": 0,
-            "version_active": 0,
-            "isid": req.isid,
-            "tsih": 0,
-            "initiator_task_tag": req.initiator_task_tag,
-            "stat_sn": self.stat_sn,
-            "exp_cmd_sn": self.cmd_sn,
-            "max_cmd_sn": (self.cmd_sn + self.limits.queue_depth - 1) & 0xFFFFFFFF,
-        }
-        fields.update(kw)
-        rsp = LoginResponse(**fields)
+    def _response(
+        self,
+        req: LoginRequest,
+        *,
+        transit: bool = False,
+        nsg: int | None = None,
+        data: bytes = b"",
+        status: LoginStatus = LoginStatus.SUCCESS,
+    ) -> LoginResponse:
+        """The response to ``req``; StatSN advances with each (RFC 7143 11.13)."""
+        rsp = LoginResponse(
+            transit=transit,
+            csg=req.csg,
+            nsg=req.nsg if nsg is None else nsg,
+            isid=req.isid,
+            initiator_task_tag=req.initiator_task_tag,
+            stat_sn=self.stat_sn,
+            exp_cmd_sn=self.cmd_sn,
+            max_cmd_sn=(self.cmd_sn + self.limits.queue_depth - 1) & 0xFFFFFFFF,
+            status_class=status >> 8,
+            status_detail=status & 0xFF,
+            data=data,
+        )
         self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
         return rsp
 
     def _failure(self, req: LoginRequest, status: LoginStatus) -> LoginResponse:
         # RFC 7143 11.13.5: on a non-zero status the other fields are reserved-ish; keep
         # the ISID/ITT so the initiator can match the response.
-        return self._response(
-            req, status_class=status >> 8, status_detail=status & 0xFF, transit=False, cont=False
-        )
+        return self._response(req, status=status)
 
     def _receive(self, req: LoginRequest) -> tuple[LoginResponse, LoginOutcome]:
         if self._first:
@@ -248,7 +224,7 @@ class LoginNegotiator:
             self._pending += req.data
             if len(self._pending) > 65536:
                 raise LoginFailed(LoginStatus.OUT_OF_RESOURCES, "login text too long")
-            return self._response(req, csg=req.csg, nsg=0, transit=False), LoginOutcome.CONTINUE
+            return self._response(req, nsg=0), LoginOutcome.CONTINUE
         data = self._pending + req.data
         self._pending = b""
         try:
@@ -437,6 +413,12 @@ class LoginNegotiator:
         return [(key, "NotUnderstood")]
 
 
-def full_feature_params(**kw) -> SessionParams:
+def full_feature_params(**kw: object) -> SessionParams:
     """SessionParams as if a login had negotiated ``kw`` (for tests and tools)."""
-    return replace(SessionParams(), **kw)
+    params = SessionParams()
+    names = {f.name for f in fields(SessionParams)}
+    for name, value in kw.items():
+        if name not in names:
+            raise TypeError(f"SessionParams has no field {name!r}")
+        setattr(params, name, value)
+    return params

@@ -2,7 +2,8 @@
 
 Owns listening, one :class:`asyncio.Protocol` per TCP connection, and the hand-off to
 the SCSI layer. All protocol logic lives in the sans-I/O :class:`Connection`; this
-module only turns its events into ``ScsiTarget.execute`` calls (in the order the
+module only turns its events into ``execute`` calls on the SCSI target (the
+:class:`~targetcli_preserve.iscsi.scsi_api.CommandTarget` protocol; in the order the
 events come, which is CmdSN order) and Futures for write data, and writes what the
 connection queued. Writes are coalesced: at most one transport write per loop
 iteration per connection.
@@ -13,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import MutableMapping
-from typing import Self
+from collections.abc import Callable, Generator, MutableMapping
+from typing import Protocol, Self, TypeGuard
 
 from targetcli_preserve._errors import PreserveError, ProtocolError
-from targetcli_preserve.iscsi.login import SessionParams, SessionType, TargetLimits
-from targetcli_preserve.iscsi.session import (
+from targetcli_preserve.iscsi.events import (
     CloseConnection,
-    Connection,
     DataOutAborted,
     DataOutReady,
+    Event,
     ExecuteCommand,
     LoginComplete,
 )
+from targetcli_preserve.iscsi.login import SessionParams, SessionType, TargetLimits
+from targetcli_preserve.iscsi.scsi_api import CommandResult, CommandTarget, HasLuns
+from targetcli_preserve.iscsi.session import Connection
 
 _log = logging.getLogger(__name__)
 
@@ -34,9 +37,27 @@ _CHECK_CONDITION = 0x02
 # resort when the SCSI layer raised instead of answering.
 _INTERNAL_FAILURE_SENSE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
 
+_SessionKey = tuple[str, int, str]  # InitiatorName, ISID, TargetName (RFC 7143 6.3.5)
+
+# What a command's awaitable steps through: the futures it waits on, then its result.
+_Steps = Generator[object, None, CommandResult]
+
 
 class WriteDataAborted(ProtocolError):
     """The write data of a command will never arrive (task aborted or connection lost)."""
+
+
+class _Blocking(Protocol):
+    """A future a coroutine yielded to wait on (asyncio's ``_asyncio_future_blocking``
+    protocol, which Task follows too)."""
+
+    _asyncio_future_blocking: bool
+
+    def add_done_callback(self, fn: Callable[[object], object], /) -> None: ...
+
+
+def _is_blocking(yielded: object) -> TypeGuard[_Blocking]:
+    return bool(getattr(yielded, "_asyncio_future_blocking", False))
 
 
 class _Resumed:
@@ -45,11 +66,11 @@ class _Resumed:
 
     __slots__ = ("first", "it")
 
-    def __init__(self, it, first) -> None:
+    def __init__(self, it: _Steps, first: object) -> None:
         self.it = it
         self.first = first
 
-    def __await__(self):
+    def __await__(self) -> _Steps:
         yield self.first
         return (yield from self.it)
 
@@ -67,14 +88,14 @@ class _Driver:
 
     __slots__ = ("done", "it", "itt", "proto")
 
-    def __init__(self, proto: _IscsiProtocol, itt: int, it) -> None:
+    def __init__(self, proto: _IscsiProtocol, itt: int, it: _Steps) -> None:
         self.proto = proto
         self.itt = itt
         self.it = it
-        self.done: asyncio.Future = proto.loop.create_future()
+        self.done: asyncio.Future[None] = proto.loop.create_future()
 
-    def wait_on(self, yielded) -> None:
-        if getattr(yielded, "_asyncio_future_blocking", False):
+    def wait_on(self, yielded: object) -> None:
+        if _is_blocking(yielded):
             yielded._asyncio_future_blocking = False
             yielded.add_done_callback(self.resume)
         elif yielded is None:
@@ -93,7 +114,7 @@ class _Driver:
         else:
             self.wait_on(yielded)
 
-    def _task_done(self, task: asyncio.Future) -> None:
+    def _task_done(self, task: asyncio.Future[CommandResult]) -> None:
         if task.cancelled():
             self._finish(None, asyncio.CancelledError())
         elif task.exception() is not None:
@@ -101,7 +122,7 @@ class _Driver:
         else:
             self._finish(task.result(), None)
 
-    def _finish(self, response, exc: BaseException | None) -> None:
+    def _finish(self, response: CommandResult | None, exc: BaseException | None) -> None:
         if not self.done.done():
             self.done.set_result(None)
         self.proto._running.discard(self.done)
@@ -121,38 +142,38 @@ class _IscsiProtocol(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, server: IscsiServer) -> None:
+    def __init__(self, server: IscsiServer, loop: asyncio.AbstractEventLoop) -> None:
         self.server = server
-        self.loop = server._loop
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.conn: Connection | None = None
-        self._futures: dict[int, asyncio.Future] = {}
-        self._running: set[asyncio.Future] = set()
+        # The portal is filled in once the socket is known (connection_made).
+        self.conn = Connection(
+            server.targets,
+            portal_group_tag=server.portal_group_tag,
+            limits=server.limits,
+            allocate_tsih=server._allocate_tsih,
+            lun_exists=server._lun_exists,
+        )
+        self._futures: dict[int, asyncio.Future[bytes]] = {}
+        self._running: set[asyncio.Future[None]] = set()
         self._flush_pending = False
         self._closing = False
-        self.session_key: tuple | None = None
+        self.session_key: _SessionKey | None = None
 
     # ------------------------------------------------------------------ transport side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        if not isinstance(transport, asyncio.Transport):
+            raise TypeError(f"an iSCSI connection needs a stream transport, not {transport!r}")
+        self.transport = transport
         sock = transport.get_extra_info("sockname") or ("127.0.0.1", self.server.port)
-        srv = self.server
-        self.conn = Connection(
-            srv.targets,
-            portal=(sock[0], sock[1]),
-            portal_group_tag=srv.portal_group_tag,
-            limits=srv.limits,
-            allocate_tsih=srv._allocate_tsih,
-            lun_exists=srv._lun_exists,
-        )
-        srv._connections.add(self)
+        self.conn.portal = (sock[0], sock[1])
+        self.server._connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        if conn is None or self._closing:
+        if self._closing:
             return
-        self._handle(conn.receive_data(data))
+        self._handle(self.conn.receive_data(data))
         self._schedule_flush()
 
     def eof_received(self) -> bool:
@@ -163,8 +184,7 @@ class _IscsiProtocol(asyncio.Protocol):
         if self.session_key is not None and self.server._sessions.get(self.session_key) is self:
             del self.server._sessions[self.session_key]
         self._closing = True
-        if self.conn is not None:
-            self._handle(self.conn.connection_lost())
+        self._handle(self.conn.connection_lost())
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_exception(WriteDataAborted("connection lost"))
@@ -180,35 +200,33 @@ class _IscsiProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ events
 
-    def _handle(self, events: list) -> None:
+    def _handle(self, events: list[Event]) -> None:
         for ev in events:
-            t = type(ev)
-            if t is ExecuteCommand:
+            if isinstance(ev, ExecuteCommand):
                 self._execute(ev)
-            elif t is DataOutReady:
+            elif isinstance(ev, DataOutReady):
                 fut = self._futures.pop(ev.initiator_task_tag, None)
                 if fut is not None and not fut.done():
                     fut.set_result(ev.data)
-            elif t is DataOutAborted:
+            elif isinstance(ev, DataOutAborted):
                 fut = self._futures.pop(ev.initiator_task_tag, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(WriteDataAborted("task aborted"))
                     fut.exception()  # mark retrieved: nobody may be awaiting it
-            elif t is LoginComplete:
+            elif isinstance(ev, LoginComplete):
                 self.server._session_started(self, ev.params)
-            elif t is CloseConnection:
+            elif isinstance(ev, CloseConnection):
                 _log.debug("closing iSCSI connection: %s", ev.reason)
-                self._closing = True
-                self._schedule_flush()
+                self._close_after_flush()
 
     def _execute(self, ev: ExecuteCommand) -> None:
         itt = ev.initiator_task_tag
         target = self.server.targets.get(self.conn.target_name)
         if target is None:
             # The target was removed under a live session: end the session.
-            self._closing = True
-            self._schedule_flush()
+            self._close_after_flush()
             return
+        data_out: bytes | asyncio.Future[bytes] | None
         if ev.data_pending:
             data_out = self.loop.create_future()
             self._futures[itt] = data_out
@@ -219,11 +237,11 @@ class _IscsiProtocol(asyncio.Protocol):
             # Drive the awaitable one step here: most commands (anything served from
             # memory, every CDB error) finish without suspending. One that suspends is
             # continued by a _Driver from where it stopped.
-            it = aw.__await__()
+            it: _Steps = aw.__await__()
             try:
                 first = it.send(None)
             except StopIteration as stop:
-                r = stop.value
+                r: CommandResult = stop.value
                 self._complete_with(itt, r.status, r.data, r.sense, r.data_out_expected)
                 return
             driver = _Driver(self, itt, it)
@@ -233,22 +251,25 @@ class _IscsiProtocol(asyncio.Protocol):
             _log.exception("ScsiTarget.execute raised")
             self._complete_with(itt, _CHECK_CONDITION, b"", _INTERNAL_FAILURE_SENSE)
 
-    def _finished(self, itt: int, response, exc: BaseException | None) -> None:
-        expected = None
-        if exc is not None:
-            if not isinstance(exc, (WriteDataAborted, asyncio.CancelledError)):
-                _log.error("SCSI command failed: %r", exc)
-            status, data, sense = _CHECK_CONDITION, b"", _INTERNAL_FAILURE_SENSE
-        else:
-            status, data, sense = response.status, response.data, response.sense
-            expected = response.data_out_expected
-        self._complete_with(itt, status, data, sense, expected)
+    def _finished(
+        self, itt: int, response: CommandResult | None, exc: BaseException | None
+    ) -> None:
+        if exc is None and response is not None:
+            self._complete_with(
+                itt, response.status, response.data, response.sense, response.data_out_expected
+            )
+            return
+        if exc is None:
+            _log.error("SCSI command gave no result")
+        elif not isinstance(exc, (WriteDataAborted, asyncio.CancelledError)):
+            _log.error("SCSI command failed: %r", exc)
+        self._complete_with(itt, _CHECK_CONDITION, b"", _INTERNAL_FAILURE_SENSE)
 
     def _complete_with(
         self, itt: int, status: int, data: bytes, sense: bytes, expected: int | None = None
     ) -> None:
         self._futures.pop(itt, None)
-        if self.conn is None or self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing():
             return
         self._handle(self.conn.command_completed(itt, status, data, sense, expected))
         self._schedule_flush()
@@ -271,14 +292,22 @@ class _IscsiProtocol(asyncio.Protocol):
         if self._closing:
             tr.close()  # after the queued bytes (e.g. a Logout Response) are written
 
+    def _close_after_flush(self) -> None:
+        """Close once what the connection queued (a Reject, a Logout Response) is
+        written: the one way this side ends a connection it still writes to."""
+        self._closing = True
+        self._schedule_flush()
+
     def abort(self) -> None:
+        """Close now, dropping whatever is still queued (session reinstatement, server
+        close)."""
         self._closing = True
         if self.transport is not None:
             self.transport.close()
 
 
 class IscsiServer:
-    """The built-in iSCSI target: ``targets`` maps IQN -> ScsiTarget and may change while
+    """The built-in iSCSI target: ``targets`` maps IQN -> SCSI target and may change while
     running (targets added or removed take effect for new logins; removing one ends
     its sessions at their next command)."""
 
@@ -286,7 +315,7 @@ class IscsiServer:
         self,
         host: str,
         port: int,
-        targets: MutableMapping[str, object],
+        targets: MutableMapping[str, CommandTarget],
         portal_group_tag: int = 1,
         limits: TargetLimits | None = None,
     ) -> None:
@@ -295,11 +324,10 @@ class IscsiServer:
         self.targets = targets
         self.portal_group_tag = portal_group_tag
         self.limits = limits or TargetLimits()
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.Server | None = None
         self._connections: set[_IscsiProtocol] = set()
-        self._sessions: dict[tuple, _IscsiProtocol] = {}
+        self._sessions: dict[_SessionKey, _IscsiProtocol] = {}
         self._tsih = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.port = port
 
     async def listen(self) -> None:
@@ -307,10 +335,10 @@ class IscsiServer:
         early that the address is taken (PreserveError naming the portal)."""
         if self._server is not None:
             return
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await self._loop.create_server(
-                lambda: _IscsiProtocol(self),
+            self._server = await loop.create_server(
+                lambda: _IscsiProtocol(self, loop),
                 self.host,
                 self._requested_port,
                 reuse_address=True,
@@ -333,7 +361,7 @@ class IscsiServer:
         """Stop listening, close every connection, wait (bounded) for running commands."""
         if self._server is not None:
             self._server.close()
-        running: set[asyncio.Future] = set()
+        running: set[asyncio.Future[None]] = set()
         for proto in list(self._connections):
             running |= proto._running
             proto.abort()
@@ -348,7 +376,7 @@ class IscsiServer:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     @property
@@ -363,11 +391,10 @@ class IscsiServer:
 
     def _lun_exists(self, target_name: str, lun: int) -> bool:
         target = self.targets.get(target_name)
-        luns = getattr(target, "luns", None)
-        if luns is None:
+        if not isinstance(target, HasLuns):
             return True
         try:
-            return lun in luns
+            return lun in target.luns
         except TypeError:
             return True
 

@@ -1,15 +1,18 @@
 """One iSCSI connection as a sans-I/O state machine: login, then full feature phase.
 
 :class:`Connection` takes received bytes (``receive_data``) and SCSI completions
-(``command_completed``) and returns events for the I/O edge (execute a command, its
-write data is ready, its write data will never come, close the connection); the PDUs
-to send are collected and taken with ``data_to_send``. No sockets, no asyncio.
+(``command_completed``) and returns the events of ``events.py`` for the I/O edge; the
+PDUs to send are collected and taken with ``data_to_send``. No sockets, no asyncio.
 
-What it owns (RFC 7143): CmdSN ordering and the CmdSN window (3.2.2.1), StatSN (4.2.2.2),
-immediate/unsolicited/solicited write data with R2T (4.2.5.2, 11.8), Data-In splitting
-(11.7), residuals (11.4.5), NOP (11.18/11.19), Text/SendTargets (11.10, Appendix C),
-task management (11.5/11.6), Logout (11.14/11.15), Reject (11.17). Session-level
-features of ErrorRecoveryLevel > 0 and multiple connections are not offered.
+It orchestrates the pieces that do the work, in the manner of h11's connection: the
+login (``login.py``), the CmdSN window (``cmdsn.py``), write data and R2Ts
+(``transfer.py``), the Data-In and SCSI Response builders (``responses.py``) and the
+Text exchange (``text.py``). What it owns itself (RFC 7143): the phases, dispatch by
+PDU, StatSN and the StatSN/ExpCmdSN/MaxCmdSN every target PDU carries (4.2.2.2,
+``_stamp``), command intake and checks (11.3), NOP (11.18/11.19), task management
+(11.5/11.6), Logout (11.14/11.15), Reject (11.17) and the close of the connection.
+Session-level features of ErrorRecoveryLevel > 0 and multiple connections are not
+offered.
 """
 
 from __future__ import annotations
@@ -17,193 +20,61 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 
+from targetcli_preserve.iscsi.cmdsn import SN_MASK, CmdSnWindow
+from targetcli_preserve.iscsi.codes import (
+    RESERVED_TAG,
+    LogoutResponseCode,
+    RejectReason,
+    TmfFunction,
+    field_to_lun,
+)
+from targetcli_preserve.iscsi.events import (
+    CloseConnection,
+    DataOutAborted,
+    DataOutReady,
+    Event,
+    ExecuteCommand,
+    LoginComplete,
+)
+from targetcli_preserve.iscsi.framing import BadPdu, PduDecoder, encode_bhs, encode_pdu
 from targetcli_preserve.iscsi.login import (
     LoginNegotiator,
     LoginOutcome,
     SessionParams,
-    SessionType,
     TargetLimits,
-    TextFormatError,
-    encode_text,
-    parse_text,
 )
-from targetcli_preserve.iscsi.pdu import (
-    R2T,
-    RESERVED_TAG,
-    BadPdu,
-    DataIn,
+from targetcli_preserve.iscsi.pdus import (
     DataOut,
     LoginRequest,
-    LogoutReason,
     LogoutRequest,
     LogoutResponse,
-    LogoutResponseCode,
     NopIn,
     NopOut,
-    PduDecoder,
+    Pdu,
     Reject,
-    RejectReason,
     ScsiCommand,
-    ScsiResponsePdu,
-    Snack,
+    TargetPdu,
     TaskManagementRequest,
     TaskManagementResponse,
     TextRequest,
     TextResponse,
-    TmfFunction,
-    TmfResponse,
-    encode_bhs,
-    encode_pdu,
-    field_to_lun,
 )
+from targetcli_preserve.iscsi.responses import answer_pdus
+from targetcli_preserve.iscsi.taskmgmt import plan_logout, plan_tmf
+from targetcli_preserve.iscsi.tasks import Task, Waiter, extended_cdb, refusal
+from targetcli_preserve.iscsi.text import TextExchange
+from targetcli_preserve.iscsi.transfer import DataOutStep, Transfers, WriteTransfer
 
 _log = logging.getLogger(__name__)
-_M = 0xFFFFFFFF
-_HALF = 1 << 31
 _DEFAULT_LIMITS = TargetLimits()
-_GOOD = 0
-
-
-def serial_lt(a: int, b: int) -> bool:
-    """RFC 1982 serial number arithmetic for 32-bit sequence numbers (RFC 7143 4.2.2.1)."""
-    return a != b and ((b - a) & _M) < _HALF
-
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(slots=True)
-class ExecuteCommand:
-    """Deliver a SCSI command to the SCSI layer now (events come in CmdSN order).
-
-    ``data`` is the whole Data-Out when it already arrived (or b"" for a write with no
-    data), None for a command without Data-Out; ``data_pending`` means the data comes
-    later in a :class:`DataOutReady` (or never: :class:`DataOutAborted`)."""
-
-    initiator_task_tag: int
-    lun: int
-    cdb: bytes
-    data_out_length: int
-    data: bytes | None
-    data_pending: bool
-
-
-@dataclass(slots=True)
-class DataOutReady:
-    initiator_task_tag: int
-    data: bytes
-
-
-@dataclass(slots=True)
-class DataOutAborted:
-    """The write data of a delivered command will never arrive (task aborted)."""
-
-    initiator_task_tag: int
-
-
-@dataclass(slots=True)
-class LoginComplete:
-    params: SessionParams
-
-
-@dataclass(slots=True)
-class CloseConnection:
-    reason: str
-
-
-Event = ExecuteCommand | DataOutReady | DataOutAborted | LoginComplete | CloseConnection
+_MAX_TOMBSTONES = 4096
 
 
 class Phase(enum.Enum):
     LOGIN = enum.auto()
     FULL_FEATURE = enum.auto()
     CLOSED = enum.auto()
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-class _Sequence:
-    """One output data sequence: the unsolicited one or one R2T's (RFC 7143 11.7.2)."""
-
-    __slots__ = ("data_sn", "end", "next_offset", "offset", "r2t_sn", "ttt")
-
-    def __init__(self, ttt: int, offset: int, end: int, next_offset: int, r2t_sn: int):
-        self.ttt = ttt
-        self.offset = offset
-        self.end = end
-        self.next_offset = next_offset
-        self.data_sn = 0
-        self.r2t_sn = r2t_sn
-
-
-class _Task:
-    __slots__ = (
-        "aborted",
-        "cdb",
-        "chunks",
-        "cmd_sn",
-        "data_done",
-        "data_needed",
-        "delivered",
-        "edtl",
-        "immediate",
-        "itt",
-        "lun",
-        "lun_field",
-        "outstanding",
-        "r2t_next",
-        "r2t_sn",
-        "read",
-        "received",
-        "unsolicited",
-        "waiters",
-        "write",
-    )
-
-    def __init__(self, pdu: ScsiCommand, lun: int, cdb: bytes) -> None:
-        self.itt = pdu.initiator_task_tag
-        self.lun_field = pdu.lun
-        self.lun = lun
-        self.cdb = cdb
-        self.edtl = pdu.expected_data_transfer_length
-        self.read = pdu.read
-        self.write = pdu.write
-        self.cmd_sn = pdu.cmd_sn
-        self.immediate = pdu.immediate
-        self.delivered = False
-        self.aborted = False
-        self.data_needed = self.edtl if self.write else 0
-        self.received = 0
-        self.chunks: list[tuple[int, bytes]] = []
-        self.unsolicited: _Sequence | None = None
-        self.r2t_next = 0
-        self.r2t_sn = 0
-        self.outstanding: dict[int, _Sequence] = {}
-        self.data_done = self.received >= self.data_needed
-        self.waiters: list[_Waiter] = []
-
-    def data(self) -> bytes:
-        chunks = self.chunks
-        if len(chunks) == 1:
-            return chunks[0][1]
-        chunks.sort(key=lambda c: c[0])
-        return b"".join(c for _, c in chunks)
-
-
-class _Waiter:
-    """A TMF or Logout waiting for in-flight tasks to finish before it is answered."""
-
-    __slots__ = ("done", "pending")
-
-    def __init__(self, done: Callable[[], None]) -> None:
-        self.pending: set[int] = set()
-        self.done = done
-
-
-# --------------------------------------------------------------------------- connection
 
 
 class Connection:
@@ -234,20 +105,14 @@ class Connection:
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self.stat_sn = 0
-        self.exp_cmd_sn = 0
-        self.max_cmd_sn = 0
-        self.tasks: dict[int, _Task] = {}
-        self._held: dict[int, Callable[[], None]] = {}
-        self._r2ts: dict[int, tuple[_Task, _Sequence]] = {}
-        self._next_ttt = 1
-        self._tombstones: set[int] = set()
-        self._text_pending: dict[int, bytes] = {}  # TTT -> rest of a long Text Response
-        self._text_request = b""  # a Text Request continued with the C bit
-        self._logout: _Waiter | None = None
+        self.window = CmdSnWindow(limits.queue_depth)
+        self.tasks: dict[int, Task] = {}
+        self.transfers = Transfers()
+        self.text = TextExchange()
+        self._tombstones: set[int] = set()  # ITTs of tasks that ended without an answer
         self._hd = False
         self._dd = False
         self._mrdsl = 8192
-        self._depth = limits.queue_depth
 
     # ------------------------------------------------------------------ public API
 
@@ -265,11 +130,10 @@ class Connection:
         self._enter_ffp(cmd_sn, stat_sn)
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """Feed bytes from the socket; returns events in the order they must be acted on."""
-        if self.phase is Phase.CLOSED:
-            return []
+        """Feed bytes from the socket; returns events in the order they must be acted on.
+        A closed connection takes nothing (no PDU is dispatched; no event comes)."""
         for pdu in self.decoder.feed(data):
-            if self.phase is Phase.CLOSED:
+            if self.phase is Phase.CLOSED:  # closed before, or by a PDU before this one
                 break
             try:
                 self._dispatch(pdu)
@@ -296,25 +160,39 @@ class Connection:
             return self._take_events()
         del self.tasks[itt]
         if not task.data_done:
-            self._drop_data_state(task)
+            self._drop_data(task)
             self._events.append(DataOutAborted(itt))
             self._tombstone(itt)
         if task.aborted:
             self._tombstone(itt)
         else:
-            self._send_response(task, status, data, sense, data_out_expected)
-        self._release_waiters(task)
+            # Data-In and/or SCSI Response (RFC 7143 11.4, 11.7). Only the last PDU has
+            # the status and takes a StatSN; a Data-In before it has StatSN 0.
+            xfer = task.xfer
+            pdus = answer_pdus(
+                lun_field=task.lun_field,
+                itt=itt,
+                read=task.read,
+                write=task.write,
+                edtl=task.edtl,
+                r2t_count=0 if xfer is None else xfer.r2t_sn,
+                status=status,
+                data=data,
+                sense=sense,
+                data_out_expected=data_out_expected,
+                max_segment=self._mrdsl,
+                max_burst=self.params.max_burst_length,
+            )
+            out = self._out
+            last = pdus[-1]
+            for pdu in pdus:
+                out.append(self._stamp(pdu, self._next_stat_sn() if pdu is last else 0))
+        task.release_waiters()
         return self._take_events()
 
     def connection_lost(self) -> list[Event]:
         """The transport is gone: every write still waiting for data gets none."""
-        for task in list(self.tasks.values()):
-            if task.delivered and not task.data_done:
-                self._events.append(DataOutAborted(task.itt))
-        self.tasks.clear()
-        self._held.clear()
-        self._r2ts.clear()
-        self.phase = Phase.CLOSED
+        self._close(None)
         return self._take_events()
 
     def data_to_send(self) -> list[bytes]:
@@ -329,55 +207,51 @@ class Connection:
         self._events = []
         return ev
 
-    def _send(self, pdu) -> None:
-        self._out.append(encode_pdu(pdu, self._hd, self._dd))
-
     def _next_stat_sn(self) -> int:
         sn = self.stat_sn
-        self.stat_sn = (sn + 1) & _M
+        self.stat_sn = (sn + 1) & SN_MASK
         return sn
 
-    def _window(self) -> int:
-        """Current MaxCmdSN: the queue depth minus commands not yet answered; never
-        decreases (RFC 7143 4.2.2.1)."""
-        busy = len(self.tasks)
-        if busy >= self._depth:
-            busy = self._depth - 1
-        new = (self.exp_cmd_sn + self._depth - 1 - busy) & _M
-        if serial_lt(self.max_cmd_sn, new):
-            self.max_cmd_sn = new
-        return self.max_cmd_sn
+    def _stamp(self, pdu: TargetPdu, stat_sn: int) -> bytes:
+        """``pdu`` on the wire with the StatSN, ExpCmdSN and MaxCmdSN every target PDU
+        carries: the one place they are filled in. ``stat_sn`` is ``_next_stat_sn()``
+        for a PDU with status (RFC 7143 4.2.2.2), ``self.stat_sn`` (not advanced) for an
+        R2T (11.8.3), 0 for a Data-In without status."""
+        pdu.stat_sn = stat_sn
+        window = self.window
+        pdu.exp_cmd_sn = window.exp_cmd_sn
+        pdu.max_cmd_sn = window.update_max(len(self.tasks))
+        return encode_pdu(pdu, self._hd, self._dd)
 
-    def _close(self, reason: str) -> None:
+    def _send(self, pdu: TargetPdu) -> None:
+        """Queue a PDU with status (StatSN advances)."""
+        self._out.append(self._stamp(pdu, self._next_stat_sn()))
+
+    def _close(self, reason: str | None) -> None:
+        """The one way a connection ends: every delivered write still waiting for data
+        gets a DataOutAborted, everything in flight is forgotten, and with a ``reason``
+        (we close, not the transport) the edge gets a CloseConnection."""
         if self.phase is Phase.CLOSED:
             return
         for task in self.tasks.values():
             if task.delivered and not task.data_done:
                 self._events.append(DataOutAborted(task.itt))
         self.tasks.clear()
-        self._held.clear()
-        self._r2ts.clear()
+        self.window.drop_held()
+        self.transfers.clear()
         self.phase = Phase.CLOSED
-        self._events.append(CloseConnection(reason))
+        if reason is not None:
+            self._events.append(CloseConnection(reason))
 
     def _reject(self, header: bytes, reason: int) -> None:
         # RFC 7143 11.17: the data segment carries the complete header of the bad PDU.
-        self._send(
-            Reject(
-                reason=reason,
-                stat_sn=self._next_stat_sn(),
-                exp_cmd_sn=self.exp_cmd_sn,
-                max_cmd_sn=self._window(),
-                data=bytes(header[:48]),
-            )
-        )
+        self._send(Reject(reason=reason, data=bytes(header[:48])))
 
     def _enter_ffp(self, cmd_sn: int, stat_sn: int) -> None:
         p = self.params
         self.phase = Phase.FULL_FEATURE
-        self.exp_cmd_sn = cmd_sn & _M
-        self.max_cmd_sn = (cmd_sn + self._depth - 1) & _M
-        self.stat_sn = stat_sn & _M
+        self.window.open(cmd_sn)
+        self.stat_sn = stat_sn & SN_MASK
         # Digests and MaxRecvDataSegmentLength apply from the first PDU after the final
         # Login Response (RFC 7143 13.1, 13.12).
         self._hd = p.header_digest
@@ -387,10 +261,20 @@ class Connection:
         self.decoder.data_digest = p.data_digest
         self.decoder.max_data_segment_length = p.target_max_recv_data_segment_length
 
+    def _tombstone(self, itt: int) -> None:
+        if len(self._tombstones) > _MAX_TOMBSTONES:
+            self._tombstones.clear()
+        self._tombstones.add(itt)
+
+    def _drop_data(self, task: Task) -> None:
+        if task.xfer is not None:
+            self.transfers.drop(task.xfer)
+        task.data_done = True
+
     # ------------------------------------------------------------------ dispatch
 
-    def _dispatch(self, pdu) -> None:
-        if type(pdu) is BadPdu:
+    def _dispatch(self, pdu: Pdu | BadPdu) -> None:
+        if isinstance(pdu, BadPdu):
             if self.phase is not Phase.FULL_FEATURE:
                 self._close(pdu.message)
                 return
@@ -401,7 +285,7 @@ class Connection:
                 self._close(pdu.message)
             return
         if self.phase is Phase.LOGIN:
-            if type(pdu) is not LoginRequest:
+            if not isinstance(pdu, LoginRequest):
                 self._close("non-login PDU during login")  # RFC 7143 6.3
                 return
             rsp, outcome = self.login.receive(pdu)
@@ -413,345 +297,109 @@ class Connection:
                 self._enter_ffp(self.login.cmd_sn, self.login.stat_sn)
                 self._events.append(LoginComplete(self.params))
             return
-        handler = _HANDLERS.get(type(pdu))
-        if handler is None:
-            # Target-only opcodes, Login in FFP: protocol errors (RFC 7143 11.17.1).
-            self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
-            return
-        handler(self, pdu)
-
-    def _ordered(self, pdu, deliver: Callable[[], None]) -> bool:
-        """CmdSN ordering (RFC 7143 3.2.2.1): immediate PDUs now; non-immediate ones in
-        CmdSN order, holding early arrivals; outside the window or duplicates are
-        silently ignored. Returns False when the PDU was ignored."""
-        if pdu.immediate:
-            deliver()
-            return True
-        sn = pdu.cmd_sn
-        exp = self.exp_cmd_sn
-        if sn == exp:
-            self.exp_cmd_sn = (exp + 1) & _M
-            deliver()
-            held = self._held
-            while held and self.exp_cmd_sn in held:
-                fn = held.pop(self.exp_cmd_sn)
-                self.exp_cmd_sn = (self.exp_cmd_sn + 1) & _M
-                fn()
-            return True
-        if serial_lt(exp, sn) and not serial_lt(self.max_cmd_sn, sn):
-            if sn in self._held:
-                return False
-            self._held[sn] = deliver
-            return True
-        return False
-
-    def _consume_cmd_sn(self, sn: int) -> None:
-        """Count ``sn`` as received without delivering anything for it."""
-        if sn == self.exp_cmd_sn:
-            self._ordered(_Placeholder(sn), lambda: None)
+        if isinstance(pdu, ScsiCommand):
+            self._on_command(pdu)
+        elif isinstance(pdu, DataOut):
+            self._on_data_out(pdu)
+        elif isinstance(pdu, NopOut):
+            self._on_nop_out(pdu)
+        elif isinstance(pdu, TextRequest):
+            self.window.order(pdu.immediate, pdu.cmd_sn, lambda: self._text(pdu))
+        elif isinstance(pdu, TaskManagementRequest):
+            # Non-immediate TMFs take their CmdSN turn like commands (RFC 7143 11.5).
+            self.window.order(pdu.immediate, pdu.cmd_sn, lambda: self._tmf(pdu))
+        elif isinstance(pdu, LogoutRequest):
+            self.window.order(pdu.immediate, pdu.cmd_sn, lambda: self._logout(pdu))
         else:
-            self._held.setdefault(sn, lambda: None)
-
-    def _tombstone(self, itt: int) -> None:
-        if len(self._tombstones) > 4096:
-            self._tombstones.clear()
-        self._tombstones.add(itt)
+            # SNACK (ErrorRecoveryLevel 0: not negotiated, RFC 7143 11.16), Login in
+            # full feature phase, target-only opcodes: protocol errors (11.17.1).
+            self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
 
     # ------------------------------------------------------------------ SCSI Command
 
     def _on_command(self, pdu: ScsiCommand) -> None:
-        if not pdu.immediate:
-            sn = pdu.cmd_sn
-            if sn != self.exp_cmd_sn and (
-                not serial_lt(self.exp_cmd_sn, sn)
-                or serial_lt(self.max_cmd_sn, sn)
-                or sn in self._held
-            ):
-                return  # outside the window or a duplicate: ignore (RFC 7143 3.2.2.1)
-        header = None
-        reason = 0
+        window = self.window
+        if not pdu.immediate and not window.admits(pdu.cmd_sn):
+            return  # outside the window or a duplicate: ignore (RFC 7143 3.2.2.1)
         p = self.params
         itt = pdu.initiator_task_tag
-        imm = pdu.data
-        if p.session_type is SessionType.DISCOVERY:
-            reason = RejectReason.COMMAND_NOT_SUPPORTED  # RFC 7143 4.3: no SCSI in discovery
-        elif pdu.read and pdu.write:
-            reason = RejectReason.COMMAND_NOT_SUPPORTED  # bidirectional commands: not offered
-        elif itt == RESERVED_TAG:
-            reason = RejectReason.INVALID_PDU_FIELD
-        elif itt in self.tasks:
-            reason = RejectReason.TASK_IN_PROGRESS
-        elif imm and (
-            not pdu.write
-            or not p.immediate_data
-            or len(imm) > p.first_burst_length
-            or len(imm) > pdu.expected_data_transfer_length
-        ):
-            reason = RejectReason.PROTOCOL_ERROR  # RFC 7143 4.2.5.2, 13.13, 13.14
-        elif pdu.write and not pdu.final and p.initial_r2t:
-            reason = RejectReason.PROTOCOL_ERROR  # unsolicited Data-Out not allowed
-        if reason:
-            header = encode_bhs(pdu)
-            self._ordered(pdu, lambda: self._reject(header, reason))
-            return
-        cdb = pdu.cdb
-        if pdu.ahs:
-            cdb = _extended_cdb(cdb, pdu.ahs)
+        reason = refusal(pdu, params=p, in_flight=self.tasks)
+        cdb: bytes | None = pdu.cdb
+        if reason is None and pdu.ahs:
+            cdb = extended_cdb(pdu.cdb, pdu.ahs)
             if cdb is None:
-                header = encode_bhs(pdu)
-                self._ordered(pdu, lambda: self._reject(header, RejectReason.INVALID_PDU_FIELD))
-                return
-        task = _Task(pdu, field_to_lun(pdu.lun), cdb)
+                reason = RejectReason.INVALID_PDU_FIELD
+        if reason is not None or cdb is None:
+            header = encode_bhs(pdu)
+            why = reason or RejectReason.INVALID_PDU_FIELD
+            window.order(pdu.immediate, pdu.cmd_sn, lambda: self._reject(header, why))
+            return
+        xfer = None
+        if pdu.write:
+            xfer = WriteTransfer(
+                pdu.expected_data_transfer_length, pdu.data, pdu.final, p.first_burst_length
+            )
+        task = Task(pdu, field_to_lun(pdu.lun), cdb, xfer)
         self._tombstones.discard(itt)
-        if task.write:
-            edtl = task.edtl
-            if imm:
-                task.chunks.append((0, imm))
-                task.received = len(imm)
-            # The unsolicited range (RFC 7143 4.2.5.2): with F=0 on the command the
-            # initiator sends Data-Out up to min(FirstBurstLength, EDTL); with F=1 only
-            # the immediate data (if any) was unsolicited.
-            unsol_end = len(imm)
-            if not pdu.final:
-                unsol_end = min(p.first_burst_length, edtl)
-                if unsol_end > task.received:
-                    task.unsolicited = _Sequence(RESERVED_TAG, 0, unsol_end, task.received, 0)
-            task.r2t_next = unsol_end
-            task.data_done = task.received >= task.data_needed
         self.tasks[itt] = task
-        self._ordered(pdu, lambda: self._deliver(task))
+        window.order(pdu.immediate, pdu.cmd_sn, lambda: self._deliver(task))
 
-    def _deliver(self, task: _Task) -> None:
+    def _deliver(self, task: Task) -> None:
         if task.aborted:
             self.tasks.pop(task.itt, None)
             return
         task.delivered = True
-        if not task.write:
+        xfer = task.xfer
+        if xfer is None:
             self._events.append(ExecuteCommand(task.itt, task.lun, task.cdb, 0, None, False))
-            return
-        if task.data_done:
-            data = task.data() if task.chunks else b""
-            task.chunks = []
+        elif task.data_done:
             self._events.append(
-                ExecuteCommand(task.itt, task.lun, task.cdb, task.edtl, data, False)
+                ExecuteCommand(task.itt, task.lun, task.cdb, task.edtl, xfer.take(), False)
             )
-            return
-        self._events.append(ExecuteCommand(task.itt, task.lun, task.cdb, task.edtl, None, True))
-        self._issue_r2ts(task)
+        else:
+            self._events.append(ExecuteCommand(task.itt, task.lun, task.cdb, task.edtl, None, True))
+            self._solicit(task, xfer)
 
-    def _issue_r2ts(self, task: _Task) -> None:
-        """R2Ts for the solicited range, at most MaxOutstandingR2T at a time, each at
-        most MaxBurstLength, in increasing offset order (RFC 7143 11.8, 13.17, 13.19)."""
+    def _solicit(self, task: Task, xfer: WriteTransfer) -> None:
         p = self.params
-        limit = p.max_outstanding_r2t
-        burst = p.max_burst_length
-        while task.r2t_next < task.edtl and len(task.outstanding) < limit:
-            offset = task.r2t_next
-            length = min(burst, task.edtl - offset)
-            ttt = self._next_ttt
-            self._next_ttt = ttt + 1 if ttt < 0xFFFFFFFE else 1
-            seq = _Sequence(ttt, offset, offset + length, offset, task.r2t_sn)
-            task.outstanding[ttt] = seq
-            self._r2ts[ttt] = (task, seq)
-            task.r2t_next = offset + length
-            self._send(
-                R2T(
-                    lun=task.lun_field,
-                    initiator_task_tag=task.itt,
-                    target_transfer_tag=ttt,
-                    stat_sn=self.stat_sn,
-                    exp_cmd_sn=self.exp_cmd_sn,
-                    max_cmd_sn=self._window(),
-                    r2t_sn=task.r2t_sn,
-                    buffer_offset=offset,
-                    desired_data_transfer_length=length,
-                )
-            )
-            task.r2t_sn += 1
-
-    def _drop_data_state(self, task: _Task) -> None:
-        for ttt in task.outstanding:
-            self._r2ts.pop(ttt, None)
-        task.outstanding.clear()
-        task.unsolicited = None
-        task.chunks = []
-        task.data_done = True
+        for r2t in self.transfers.solicit(
+            xfer,
+            itt=task.itt,
+            lun_field=task.lun_field,
+            max_outstanding=p.max_outstanding_r2t,
+            max_burst=p.max_burst_length,
+        ):
+            self._out.append(self._stamp(r2t, self.stat_sn))
 
     # ------------------------------------------------------------------ Data-Out
 
     def _on_data_out(self, pdu: DataOut) -> None:
         itt = pdu.initiator_task_tag
-        ttt = pdu.target_transfer_tag
         task = self.tasks.get(itt)
-        if task is None or task.data_done:
+        xfer = None if task is None or task.data_done else task.xfer
+        if task is None or xfer is None:
             if itt in self._tombstones or task is not None:
                 return  # data of an aborted or already answered task: drop quietly
             self._reject(encode_bhs(pdu), RejectReason.INVALID_PDU_FIELD)
             return
-        if ttt == RESERVED_TAG:
-            seq = task.unsolicited
-        else:
-            entry = self._r2ts.get(ttt)
-            seq = entry[1] if entry is not None and entry[0] is task else None
-        data = pdu.data
-        n = len(data)
-        off = pdu.buffer_offset
-        # DataPDUInOrder=Yes: each PDU continues its sequence exactly (RFC 7143 13.18);
-        # DataSN counts PDUs within a sequence from 0 (11.7.5).
-        if seq is None or off != seq.next_offset or off + n > seq.end or pdu.data_sn != seq.data_sn:
+        step = self.transfers.receive(xfer, pdu)
+        if step is DataOutStep.REJECT:
             self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
             return
-        seq.data_sn += 1
-        seq.next_offset = off + n
-        if n:
-            task.chunks.append((off, data))
-            task.received += n
-        if seq.next_offset == seq.end or pdu.final:
-            if seq.next_offset != seq.end:
-                # F before the sequence is complete: the data can never be whole.
-                self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
-                return
-            if seq is task.unsolicited:
-                task.unsolicited = None
-            else:
-                del task.outstanding[seq.ttt]
-                del self._r2ts[seq.ttt]
-                if task.delivered:
-                    self._issue_r2ts(task)
-        if task.received >= task.data_needed:
+        if step is DataOutStep.R2T_DONE and task.delivered:
+            self._solicit(task, xfer)
+        if xfer.complete:
             task.data_done = True
             if task.delivered:
-                data = task.data()
-                task.chunks = []
-                self._events.append(DataOutReady(itt, data))
+                self._events.append(DataOutReady(itt, xfer.take()))
 
-    # ------------------------------------------------------------------ responses
-
-    def _send_response(
-        self,
-        task: _Task,
-        status: int,
-        data: bytes,
-        sense: bytes,
-        data_out_expected: int | None = None,
-    ) -> None:
-        edtl = task.edtl if task.read else 0
-        total = len(data)
-        overflow = underflow = False
-        residual = 0
-        if task.read or total:
-            if total > edtl:
-                overflow = True
-                residual = total - edtl
-                total = edtl
-            elif total < edtl:
-                underflow = True
-                residual = edtl - total
-        elif task.write and data_out_expected is not None:
-            # RFC 7143 11.4.5.1 for a write: O when the CDB wanted more Data-Out than
-            # the Expected Data Transfer Length allowed (the residual was never sent),
-            # U when it used less than the initiator expected to send. Also with a
-            # status other than GOOD (the target "may set the residual count").
-            if data_out_expected > task.edtl:
-                overflow = True
-                residual = data_out_expected - task.edtl
-            elif data_out_expected < task.edtl:
-                underflow = True
-                residual = task.edtl - data_out_expected
-        hd = self._hd
-        dd = self._dd
-        out = self._out
-        data_sn = 0
-        if total:
-            mv = memoryview(data)
-            mrdsl = self._mrdsl
-            burst = self.params.max_burst_length
-            collapse = not sense  # status rides on the last Data-In (RFC 7143 11.7.4)
-            off = 0
-            lun = task.lun_field
-            itt = task.itt
-            while off < total:
-                n = min(mrdsl, burst - off % burst, total - off)
-                end = off + n
-                last = end == total
-                if last and collapse:
-                    pdu = DataIn(
-                        True,
-                        False,
-                        overflow,
-                        underflow,
-                        True,
-                        status,
-                        lun,
-                        itt,
-                        RESERVED_TAG,
-                        self._next_stat_sn(),
-                        self.exp_cmd_sn,
-                        self._window(),
-                        data_sn,
-                        off,
-                        residual,
-                        b"",
-                        mv[off:end],
-                    )
-                else:
-                    pdu = DataIn(
-                        last or end % burst == 0,
-                        False,
-                        False,
-                        False,
-                        False,
-                        0,
-                        lun,
-                        itt,
-                        RESERVED_TAG,
-                        0,
-                        self.exp_cmd_sn,
-                        self._window(),
-                        data_sn,
-                        off,
-                        0,
-                        b"",
-                        mv[off:end],
-                    )
-                out.append(encode_pdu(pdu, hd, dd))
-                data_sn += 1
-                off = end
-            if collapse:
-                return
-        seg = len(sense).to_bytes(2, "big") + sense if sense else b""
-        out.append(
-            encode_pdu(
-                ScsiResponsePdu(
-                    False,
-                    False,
-                    overflow,
-                    underflow,
-                    0,
-                    status,
-                    task.itt,
-                    0,
-                    self._next_stat_sn(),
-                    self.exp_cmd_sn,
-                    self._window(),
-                    data_sn + task.r2t_sn,
-                    0,
-                    residual,
-                    b"",
-                    seg,
-                ),
-                hd,
-                dd,
-            )
-        )
-
-    # ------------------------------------------------------------------ NOP
+    # ------------------------------------------------------------------ NOP, Text
 
     def _on_nop_out(self, pdu: NopOut) -> None:
         if pdu.initiator_task_tag == RESERVED_TAG:
             # A reply to a target NOP-In (or a bare CmdSN carrier): no answer (11.18).
             if not pdu.immediate:
-                self._ordered(pdu, lambda: None)
+                self.window.order(False, pdu.cmd_sn, _nothing)
             return
         if pdu.target_transfer_tag != RESERVED_TAG:
             self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
@@ -763,287 +411,106 @@ class Connection:
                     lun=pdu.lun,
                     initiator_task_tag=pdu.initiator_task_tag,
                     target_transfer_tag=RESERVED_TAG,
-                    stat_sn=self._next_stat_sn(),
-                    exp_cmd_sn=self.exp_cmd_sn,
-                    max_cmd_sn=self._window(),
                     data=pdu.data[: self._mrdsl],
                 )
             )
 
-        self._ordered(pdu, answer)
-
-    # ------------------------------------------------------------------ Text
-
-    def _on_text(self, pdu: TextRequest) -> None:
-        self._ordered(pdu, lambda: self._text(pdu))
-
-    def _text_response(self, pdu: TextRequest, body: bytes) -> None:
-        mrdsl = self._mrdsl
-        ttt = RESERVED_TAG
-        cont = len(body) > mrdsl
-        if cont:
-            # RFC 7143 11.11.2: a long response goes out in pieces, each fetched with an
-            # empty Text Request carrying our Target Transfer Tag.
-            ttt = self._next_ttt
-            self._next_ttt = ttt + 1 if ttt < 0xFFFFFFFE else 1
-            self._text_pending = {ttt: body[mrdsl:]}
-            body = body[:mrdsl]
-        self._send(
-            TextResponse(
-                final=not cont,
-                cont=cont,
-                lun=pdu.lun,
-                initiator_task_tag=pdu.initiator_task_tag,
-                target_transfer_tag=ttt,
-                stat_sn=self._next_stat_sn(),
-                exp_cmd_sn=self.exp_cmd_sn,
-                max_cmd_sn=self._window(),
-                data=body,
-            )
-        )
+        self.window.order(pdu.immediate, pdu.cmd_sn, answer)
 
     def _text(self, pdu: TextRequest) -> None:
-        ttt = pdu.target_transfer_tag
-        if ttt != RESERVED_TAG:
-            rest = self._text_pending.pop(ttt, None)
-            if rest is None:
-                self._reject(encode_bhs(pdu), RejectReason.INVALID_PDU_FIELD)
-                return
-            self._text_response(pdu, rest)
-            return
-        self._text_pending.clear()
-        if pdu.cont:
-            self._text_request += pdu.data
-            if len(self._text_request) > 65536:
-                self._text_request = b""
-                self._reject(encode_bhs(pdu), RejectReason.LONG_OP_REJECT)
-                return
-            self._send(
-                TextResponse(
-                    final=False,
-                    cont=False,
-                    lun=pdu.lun,
-                    initiator_task_tag=pdu.initiator_task_tag,
-                    target_transfer_tag=RESERVED_TAG,
-                    stat_sn=self._next_stat_sn(),
-                    exp_cmd_sn=self.exp_cmd_sn,
-                    max_cmd_sn=self._window(),
-                )
-            )
-            return
-        raw = self._text_request + pdu.data
-        self._text_request = b""
-        try:
-            pairs = parse_text(raw)
-        except TextFormatError:
-            self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
-            return
-        answers: list[tuple[str, str]] = []
-        for key, value in pairs:
-            if key == "SendTargets":
-                answers.extend(self._send_targets(value))
-            else:
-                # Operational keys cannot be renegotiated in FFP here: NotUnderstood.
-                answers.append((key, "NotUnderstood"))
-        self._text_response(pdu, encode_text(answers))
-
-    def _send_targets(self, value: str) -> list[tuple[str, str]]:
-        """RFC 7143 Appendix C: TargetName + TargetAddress (host:port,tpgt of the portal
-        this connection came in on)."""
-        if value == "All":
-            names = sorted(self.targets)
-        elif value == "":
-            names = [self.target_name] if self.target_name in self.targets else []
+        answer = self.text.receive(
+            pdu,
+            max_segment=self._mrdsl,
+            new_ttt=self.transfers.new_ttt,
+            targets=self.targets,
+            session_target=self.target_name,
+            portal=self.portal,
+            portal_group_tag=self.portal_group_tag,
+        )
+        if isinstance(answer, TextResponse):
+            self._send(answer)
         else:
-            names = [value] if value in self.targets else []
-        host, port = self.portal[0], self.portal[1]
-        if ":" in host:
-            host = f"[{host}]"
-        addr = f"{host}:{port},{self.portal_group_tag}"
-        out = []
-        for name in names:
-            out.append(("TargetName", name))
-            out.append(("TargetAddress", addr))
-        return out
+            self._reject(encode_bhs(pdu), answer)
 
     # ------------------------------------------------------------------ TMF
 
-    def _on_tmf(self, pdu: TaskManagementRequest) -> None:
-        # Non-immediate TMFs take their CmdSN turn like commands (RFC 7143 11.5).
-        self._ordered(pdu, lambda: self._tmf(pdu))
-
     def _tmf(self, pdu: TaskManagementRequest) -> None:
-        fn = pdu.function
-        lun = field_to_lun(pdu.lun)
+        code, victims = plan_tmf(
+            pdu,
+            tasks=self.tasks,
+            window=self.window,
+            lun_exists=self.lun_exists,
+            target_name=self.target_name,
+        )
 
-        def respond(code: int) -> None:
+        def respond() -> None:
             self._send(
-                TaskManagementResponse(
-                    response=code,
-                    initiator_task_tag=pdu.initiator_task_tag,
-                    stat_sn=self._next_stat_sn(),
-                    exp_cmd_sn=self.exp_cmd_sn,
-                    max_cmd_sn=self._window(),
-                )
+                TaskManagementResponse(response=code, initiator_task_tag=pdu.initiator_task_tag)
             )
-            if fn == TmfFunction.TARGET_COLD_RESET:
+            if pdu.function == TmfFunction.TARGET_COLD_RESET:
                 self._close("target cold reset")  # RFC 7143 11.5.1: drop connections
 
-        if fn == TmfFunction.ABORT_TASK:
-            task = self.tasks.get(pdu.referenced_task_tag)
-            if task is None or task.lun_field != pdu.lun:
-                ref = pdu.ref_cmd_sn
-                # RFC 7143 11.5.1: a task not yet received whose RefCmdSN is inside the
-                # window and before this TMF counts as received (and aborted): function
-                # complete. Otherwise the task does not exist (already answered).
-                if (
-                    serial_lt(ref, pdu.cmd_sn)
-                    and not serial_lt(ref, self.exp_cmd_sn)
-                    and ref not in self._held
-                ):
-                    self._consume_cmd_sn(ref)
-                    respond(TmfResponse.FUNCTION_COMPLETE)
-                else:
-                    respond(TmfResponse.TASK_DOES_NOT_EXIST)
-                return
-            self._abort_and_wait([task], lambda: respond(TmfResponse.FUNCTION_COMPLETE))
-            return
-        if fn in (
-            TmfFunction.ABORT_TASK_SET,
-            TmfFunction.CLEAR_TASK_SET,
-            TmfFunction.LOGICAL_UNIT_RESET,
-            TmfFunction.CLEAR_ACA,
-        ):
-            if self.lun_exists is not None and not self.lun_exists(self.target_name, lun):
-                respond(TmfResponse.LUN_DOES_NOT_EXIST)
-                return
-            if fn == TmfFunction.CLEAR_ACA:
-                respond(TmfResponse.FUNCTION_NOT_SUPPORTED)  # NACA is not supported
-                return
-            victims = [t for t in self.tasks.values() if t.lun_field == pdu.lun]
-            self._abort_and_wait(victims, lambda: respond(TmfResponse.FUNCTION_COMPLETE))
-            return
-        if fn in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
-            victims = list(self.tasks.values())
-            self._abort_and_wait(victims, lambda: respond(TmfResponse.FUNCTION_COMPLETE))
-            return
-        if fn == TmfFunction.TASK_REASSIGN:
-            # ErrorRecoveryLevel 0 (RFC 7143 11.5.1).
-            respond(TmfResponse.TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED)
-            return
-        respond(TmfResponse.FUNCTION_REJECTED)
+        if victims is None:
+            respond()
+        else:
+            self._abort_and_wait(victims, respond)
 
-    def _abort_and_wait(self, victims: list[_Task], done: Callable[[], None]) -> None:
+    def _abort_and_wait(self, victims: list[Task], done: Callable[[], None]) -> None:
         """Abort ``victims``: not-yet-delivered ones are dropped (their CmdSN still counts),
         delivered ones lose their write data and their response; ``done`` runs once
         every delivered one has finished in the SCSI layer."""
-        waiter = _Waiter(done)
+        waiter = Waiter(done)
         for task in victims:
             if task.aborted and task.delivered:
-                waiter.pending.add(task.itt)
-                task.waiters.append(waiter)
+                waiter.wait_for(task)
                 continue
             task.aborted = True
             if not task.delivered:
                 self.tasks.pop(task.itt, None)
                 self._tombstone(task.itt)
-                self._drop_data_state(task)
+                self._drop_data(task)
                 continue
             if not task.data_done:
-                self._drop_data_state(task)
+                self._drop_data(task)
                 self._events.append(DataOutAborted(task.itt))
-            waiter.pending.add(task.itt)
-            task.waiters.append(waiter)
+            waiter.wait_for(task)
         if not waiter.pending:
             done()
 
-    def _release_waiters(self, task: _Task) -> None:
-        for waiter in task.waiters:
-            waiter.pending.discard(task.itt)
-            if not waiter.pending:
-                waiter.done()
-        task.waiters = []
-
     # ------------------------------------------------------------------ Logout
 
-    def _on_logout(self, pdu: LogoutRequest) -> None:
-        self._ordered(pdu, lambda: self._logout_now(pdu))
+    def _logout(self, pdu: LogoutRequest) -> None:
+        outcome = plan_logout(pdu, cid=self.login.cid)
+        if isinstance(outcome, RejectReason):
+            self._reject(encode_bhs(pdu), outcome)
+            return
 
-    def _logout_now(self, pdu: LogoutRequest) -> None:
-        def respond(code: int, close: bool) -> None:
+        def respond() -> None:
             self._send(
                 LogoutResponse(
-                    response=code,
+                    response=outcome,
                     initiator_task_tag=pdu.initiator_task_tag,
-                    stat_sn=self._next_stat_sn(),
-                    exp_cmd_sn=self.exp_cmd_sn,
-                    max_cmd_sn=self._window(),
                     time2wait=0,
                     time2retain=0,
                 )
             )
-            if close:
+            if outcome is LogoutResponseCode.CLOSED_SUCCESSFULLY:
                 self._close("logout")  # RFC 7143 11.15: response, then close
 
-        reason = pdu.reason_code
-        if reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
-            respond(LogoutResponseCode.RECOVERY_NOT_SUPPORTED, False)
+        if outcome is not LogoutResponseCode.CLOSED_SUCCESSFULLY:
+            respond()
             return
-        if reason == LogoutReason.CLOSE_CONNECTION and pdu.cid != self.login.cid:
-            respond(LogoutResponseCode.CID_NOT_FOUND, False)
-            return
-        if reason not in (LogoutReason.CLOSE_SESSION, LogoutReason.CLOSE_CONNECTION):
-            self._reject(encode_bhs(pdu), RejectReason.INVALID_PDU_FIELD)
-            return
-        # Commands already running finish and are answered; those that never started or
-        # still wait for write data are terminated (RFC 7143 6.? ERL 0 session close).
-        waiter = _Waiter(lambda: respond(LogoutResponseCode.CLOSED_SUCCESSFULLY, True))
+        # Commands already running finish and are answered; the others are ended.
+        waiter = Waiter(respond)
         for task in list(self.tasks.values()):
             if not task.delivered or not task.data_done:
-                self._abort_and_wait([task], lambda: None)
+                self._abort_and_wait([task], _nothing)
             if task.delivered:
-                waiter.pending.add(task.itt)
-                task.waiters.append(waiter)
-        self._held.clear()
+                waiter.wait_for(task)
+        self.window.drop_held()
         if not waiter.pending:
             waiter.done()
 
-    # ------------------------------------------------------------------ SNACK & co
 
-    def _on_snack(self, pdu: Snack) -> None:
-        # ErrorRecoveryLevel 0: SNACK support is not negotiated (RFC 7143 11.16).
-        self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
-
-    def _on_login_in_ffp(self, pdu: LoginRequest) -> None:
-        self._reject(encode_bhs(pdu), RejectReason.PROTOCOL_ERROR)
-
-
-@dataclass(slots=True)
-class _Placeholder:
-    cmd_sn: int
-    immediate: bool = False
-
-
-def _extended_cdb(cdb: bytes, ahs: bytes) -> bytes | None:
-    """Append an Extended CDB AHS (type 1, RFC 7143 11.3.1.3) to the 16-byte CDB."""
-    pos = 0
-    while pos + 3 <= len(ahs):
-        length = int.from_bytes(ahs[pos : pos + 2], "big")
-        ahs_type = ahs[pos + 2]
-        body = ahs[pos + 4 : pos + 3 + length]
-        if ahs_type == 1:
-            return cdb + body
-        pos += (3 + length + 3) & ~3
-    return None if ahs else cdb
-
-
-_HANDLERS: dict[type, Callable[[Connection, object], None]] = {
-    ScsiCommand: Connection._on_command,
-    DataOut: Connection._on_data_out,
-    NopOut: Connection._on_nop_out,
-    TextRequest: Connection._on_text,
-    TaskManagementRequest: Connection._on_tmf,
-    LogoutRequest: Connection._on_logout,
-    Snack: Connection._on_snack,
-    LoginRequest: Connection._on_login_in_ffp,
-}
+def _nothing() -> None:
+    pass

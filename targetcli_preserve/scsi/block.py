@@ -112,7 +112,7 @@ def write(
     The Data-Out the initiator offers (``data_out_length``, iSCSI's Expected Data
     Transfer Length) may differ from the CDB's TRANSFER LENGTH (SAM-5 5.4.3). The
     device server transfers the smaller of the two and the transport reports the rest
-    as a residual (RFC 7143 11.4.5.1, from ``ScsiResponse.data_out_expected``):
+    as a residual (RFC 7143 11.4.5.1, from ``CommandResult.data_out_expected``):
 
     * more Data-Out than the CDB needs: the first TRANSFER LENGTH blocks are written,
       the excess is ignored (underflow residual);

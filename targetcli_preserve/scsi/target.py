@@ -4,7 +4,7 @@ INTERFACE CONTRACT (fixed; the iSCSI layer is written against it):
 
     target = ScsiTarget({0: LogicalUnit(store, LuIdentity(...)), 1: ...})
     awaitable = target.execute(lun, cdb, data_out, data_out_length)
-    response = await awaitable          # -> ScsiResponse
+    response = await awaitable          # -> CommandResult
 
 ``execute`` is a plain method: its synchronous part decodes the CDB and issues the
 command to the BlockStore (fixing its sequence number), so a transport calling it in
@@ -13,7 +13,7 @@ Data-Out, else bytes or an awaitable of bytes (all Data-Out, ``data_out_length``
 
 ``data_out_length`` is what the transport was told to expect (iSCSI's Expected Data
 Transfer Length); the CDB says how much the command itself transfers. The two may
-differ (SAM-5 5.4.3). ``ScsiResponse.data_out_expected`` reports the latter, so the
+differ (SAM-5 5.4.3). ``CommandResult.data_out_expected`` reports the latter, so the
 transport can report the difference as a residual (RFC 7143 11.4.5.1): more than
 ``data_out_length`` is an overflow, less is an underflow.
 
@@ -58,7 +58,7 @@ from .opcodes import report_supported_opcodes
 from .reportluns import MAX_LUN, report_luns
 from .sense import Asc, SenseError, SenseKey, descriptor_sense, fixed_sense, illegal
 
-__all__ = ["LogicalUnit", "LuIdentity", "ScsiResponse", "ScsiStatus", "ScsiTarget"]
+__all__ = ["CommandResult", "LogicalUnit", "LuIdentity", "ScsiStatus", "ScsiTarget"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ScsiStatus(enum.IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ScsiResponse:
+class CommandResult:
     status: ScsiStatus
     data: bytes = b""  # Data-In payload, already limited by the CDB's allocation length
     sense: bytes = b""  # fixed-format sense data (SPC-4 4.5.3) when CHECK CONDITION
@@ -96,21 +96,21 @@ class _Ready:
 
     __slots__ = ("response",)
 
-    def __init__(self, response: ScsiResponse) -> None:
+    def __init__(self, response: CommandResult) -> None:
         self.response = response
 
-    def __await__(self) -> Generator[None, None, ScsiResponse]:
+    def __await__(self) -> Generator[None, None, CommandResult]:
         return self.response
         yield  # pragma: no cover - makes this a generator
 
 
-def _check_condition(err: SenseError, expected: int | None) -> ScsiResponse:
-    return ScsiResponse(ScsiStatus.CHECK_CONDITION, sense=err.fixed(), data_out_expected=expected)
+def _check_condition(err: SenseError, expected: int | None) -> CommandResult:
+    return CommandResult(ScsiStatus.CHECK_CONDITION, sense=err.fixed(), data_out_expected=expected)
 
 
-def _internal_failure(expected: int | None = None) -> ScsiResponse:
+def _internal_failure(expected: int | None = None) -> CommandResult:
     sense = fixed_sense(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
-    return ScsiResponse(ScsiStatus.CHECK_CONDITION, sense=sense, data_out_expected=expected)
+    return CommandResult(ScsiStatus.CHECK_CONDITION, sense=sense, data_out_expected=expected)
 
 
 def _data_out_expected(unit: LogicalUnit | None, cmd: Command) -> int:
@@ -159,7 +159,7 @@ class ScsiTarget:
         cdb: bytes,
         data_out: bytes | Awaitable[bytes] | None,
         data_out_length: int,
-    ) -> Awaitable[ScsiResponse]:
+    ) -> Awaitable[CommandResult]:
         """Decode and issue ``cdb`` now; the awaitable gives its response.
 
         Never raises, and neither does the awaitable (except CancelledError): a bad CDB
@@ -184,12 +184,12 @@ class ScsiTarget:
             log.exception("SCSI command %s on LUN %r failed", raw[:16].hex(), lun)
             return _Ready(_internal_failure(expected))
         if isinstance(result, bytes):
-            return _Ready(ScsiResponse(ScsiStatus.GOOD, data=result, data_out_expected=expected))
+            return _Ready(CommandResult(ScsiStatus.GOOD, data=result, data_out_expected=expected))
         return self._complete(result, raw[:16], lun, expected)
 
     async def _complete(
         self, pending: Awaitable[bytes], cdb: bytes, lun: int, expected: int | None
-    ) -> ScsiResponse:
+    ) -> CommandResult:
         try:
             data = await pending
         except SenseError as err:
@@ -197,7 +197,7 @@ class ScsiTarget:
         except Exception:
             log.exception("SCSI command %s on LUN %r failed", cdb.hex(), lun)
             return _internal_failure(expected)
-        return ScsiResponse(ScsiStatus.GOOD, data=data, data_out_expected=expected)
+        return CommandResult(ScsiStatus.GOOD, data=data, data_out_expected=expected)
 
     def _dispatch(
         self,

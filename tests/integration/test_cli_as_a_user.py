@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers.skips import not_applicable
-from served import Served, need
+from helpers.served import Served
+from helpers.skips import need, not_applicable
 
 from targetcli_preserve import __version__
 
@@ -46,6 +46,11 @@ def run(argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
         cwd="/",
         check=False,
     )
+
+
+def serve_in(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """``targetcli-preserve --state-dir STATE_DIR serve ARGS`` run to its end."""
+    return run([*CLI, "--state-dir", str(state_dir), "serve", *args])
 
 
 def one_line_error(done: subprocess.CompletedProcess, prog: str = "targetcli-preserve") -> str:
@@ -267,19 +272,8 @@ def test_serve_on_a_busy_portal_leaves_an_existing_state_dir_as_it_was(
     assert served.stop() == 0
     before = sorted(p.relative_to(served.state_dir) for p in served.state_dir.rglob("*"))
     journal = (served.state_dir / "journal").read_bytes()
-    done = run(
-        [
-            *CLI,
-            "--state-dir",
-            str(served.state_dir),
-            "serve",
-            "--portal",
-            f"127.0.0.1:{busy_port}",
-            "--lun",
-            "a:4M",
-            "--lun",
-            "b:1G",
-        ]
+    done = serve_in(
+        served.state_dir, "--portal", f"127.0.0.1:{busy_port}", "--lun", "a:4M", "--lun", "b:1G"
     )
     assert done.returncode == 1
     assert (served.state_dir / "journal").read_bytes() == journal
@@ -290,20 +284,7 @@ def test_a_wrong_size_creates_none_of_the_other_luns(short_dir: Path) -> None:
     served = Served(short_dir / "state", ["a:4M"]).start()
     assert served.stop() == 0
     journal = (served.state_dir / "journal").read_bytes()
-    done = run(
-        [
-            *CLI,
-            "--state-dir",
-            str(served.state_dir),
-            "serve",
-            "--portal",
-            "127.0.0.1:0",
-            "--lun",
-            "new:4M",
-            "--lun",
-            "a:8M",
-        ]
-    )
+    done = serve_in(served.state_dir, "--portal", "127.0.0.1:0", "--lun", "new:4M", "--lun", "a:8M")
     assert done.returncode == 2
     assert one_line_error(done) == (
         "targetcli-preserve: LUN 'a' exists with size 4194304, not 8388608"
@@ -315,18 +296,7 @@ def test_a_wrong_size_creates_none_of_the_other_luns(short_dir: Path) -> None:
 def test_a_new_state_dir_is_removed_when_serve_fails_after_making_it(short_dir: Path) -> None:
     state = short_dir / "fresh"
     # the LUN does not fit: creating its volume fails after the state dir was made
-    done = run(
-        [
-            *CLI,
-            "--state-dir",
-            str(state),
-            "serve",
-            "--portal",
-            "127.0.0.1:0",
-            "--lun",
-            "huge:8000000T",
-        ]
-    )
+    done = serve_in(state, "--portal", "127.0.0.1:0", "--lun", "huge:8000000T")
     if done.returncode == 0:
         not_applicable(f"the file system of {short_dir} holds a 7.6 EiB sparse file")
     assert done.returncode == 1, done.stderr
@@ -436,8 +406,7 @@ def test_a_damaged_journal_stops_serve_naming_the_line(short_dir: Path) -> None:
     journal = served.state_dir / "journal"
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(lines[0] + b'{"op":"freeze","lun":"a"}\n' + b"".join(lines[1:]))
-    done = run([*CLI, "--state-dir", str(served.state_dir), "serve", "--portal", "127.0.0.1:0",
-                "--lun", "a:4M"])  # fmt: skip
+    done = serve_in(served.state_dir, "--portal", "127.0.0.1:0", "--lun", "a:4M")
     assert done.returncode == 1
     assert one_line_error(done) == (
         f"targetcli-preserve: {journal} line 2: 'freeze' record lacks field 'gen'"

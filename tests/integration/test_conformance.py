@@ -13,16 +13,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-from served import IQN, Served, need
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "iscsi"))
-
-from tgtd_peer import Tgtd, available
+from helpers.served import IQN, Served
+from helpers.skips import need
+from helpers.tgtd_peer import Tgtd, available
 
 FAMILIES = "SCSI,iSCSI"
 LUN_SIZE = 64 << 20

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from qemu_load import QemuIo, Write
-from served import Served, need, qemu_img_read
+from helpers.qemu_load import QemuIo, Write
+from helpers.served import Served, qemu_img_read
+from helpers.skips import need
 
 from targetcli_preserve._errors import PreserveError
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from qemu_load import QemuIo, apply, overlapping_writes
-from served import Served, need, qemu_img_read
+from helpers.qemu_load import QemuIo, apply, overlapping_writes
+from helpers.served import Served, qemu_img_read
+from helpers.skips import need
 
 LUN_SIZE = 16 << 20
 REGION = 4 << 20  # the writes crowd into this much, so they overlap a lot

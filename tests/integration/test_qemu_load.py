@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from qemu_load import QemuIo
-from served import need
+from helpers.qemu_load import QemuIo
+from helpers.skips import need
 
 
 def test_a_qemu_io_that_cannot_connect_is_reported_with_its_own_error() -> None:

@@ -47,3 +47,15 @@ def test_the_design_is_in_the_repository_and_the_readme_links_it() -> None:
     for rule in range(1, 11):  # the code cites "rule N" by these numbers
         assert re.search(rf"\*\*Rule {rule}, ", text), f"docs/design.md has no rule {rule}"
     assert "(docs/design.md)" in (ROOT / "README.md").read_text()
+
+
+def test_every_benchmark_starts() -> None:
+    """The benchmarks import the test helpers: a move there must not break them."""
+    import sys
+
+    for bench in sorted((ROOT / "bench").glob("*.py")):
+        done = subprocess.run(
+            [sys.executable, str(bench), "--help"], capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{bench.name} --help: {done.stderr}"

@@ -8,10 +8,11 @@ import subprocess
 import time
 
 import pytest
-from conftest import IQN, make_target, need, run
+from helpers.iscsi_server import IQN, make_target, run
+from helpers.skips import need
 
-from targetcli_preserve.iscsi.login import encode_text
 from targetcli_preserve.iscsi.pdu import LoginRequest, PduDecoder, encode_pdu
+from targetcli_preserve.iscsi.text import encode_text
 
 
 def test_discovery_lists_target_and_portal(iscsi_server):
@@ -195,7 +196,7 @@ def test_iscsi_test_cu_scsi_subset(iscsi_server):
     assert s["ran"] >= 20 and s["failed"] == 0, out[-4000:]
 
 
-# Every test of the family passes (WRITE residuals come from ScsiResponse.data_out_expected).
+# Every test of the family passes (WRITE residuals come from CommandResult.data_out_expected).
 KNOWN_ISCSI_FAILURES: set[str] = set()
 
 

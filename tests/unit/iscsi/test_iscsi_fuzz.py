@@ -3,10 +3,10 @@ its internal-error guard."""
 
 from __future__ import annotations
 
+from helpers.iscsi_testlib import CloseConnection, ExecuteCommand, Harness
+from helpers.pdu_strategies import any_pdu
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from iscsi_testlib import CloseConnection, ExecuteCommand, Harness
-from test_iscsi_pdu import any_pdu
 
 from targetcli_preserve.iscsi.pdu import (
     DataOut,
@@ -86,7 +86,7 @@ def test_random_pdus_and_completions(steps, initial_r2t):
     running = []
     for pdu, complete, status, sn, itt, ttt in steps:
         if hasattr(pdu, "cmd_sn"):
-            pdu.cmd_sn = (h.conn.exp_cmd_sn + sn - 1) & 0xFFFFFFFF
+            pdu.cmd_sn = (h.conn.window.exp_cmd_sn + sn - 1) & 0xFFFFFFFF
         if hasattr(pdu, "initiator_task_tag"):
             pdu.initiator_task_tag = itt
         if hasattr(pdu, "target_transfer_tag") and ttt < 4:

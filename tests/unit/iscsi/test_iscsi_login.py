@@ -9,11 +9,9 @@ from targetcli_preserve.iscsi.login import (
     LoginOutcome,
     SessionType,
     TargetLimits,
-    TextFormatError,
-    encode_text,
-    parse_text,
 )
 from targetcli_preserve.iscsi.pdu import LoginRequest, LoginStatus, Stage
+from targetcli_preserve.iscsi.text import TextFormatError, encode_text, parse_text
 
 T = "iqn.2026-11.test:t"
 INIT = "iqn.2026-11.test:init"

@@ -6,21 +6,18 @@ import struct
 
 import crc32c
 import pytest
+from helpers.pdu_strategies import any_pdu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from targetcli_preserve.iscsi.pdu import (
     BHS_LEN,
     R2T,
-    AsyncMessage,
     BadPdu,
     DataIn,
     DataOut,
     DigestError,
-    LoginRequest,
     LoginResponse,
-    LogoutRequest,
-    LogoutResponse,
     NopIn,
     NopOut,
     Opcode,
@@ -29,147 +26,11 @@ from targetcli_preserve.iscsi.pdu import (
     Reject,
     RejectReason,
     ScsiCommand,
-    ScsiResponsePdu,
-    Snack,
-    TaskManagementRequest,
-    TaskManagementResponse,
-    TextRequest,
-    TextResponse,
     decode_pdu,
     encode_pdu,
     field_to_lun,
     lun_to_field,
 )
-
-u32 = st.integers(0, 0xFFFFFFFF)
-u16 = st.integers(0, 0xFFFF)
-u8 = st.integers(0, 0xFF)
-lun = st.integers(0, 0xFFFFFFFFFFFFFFFF)
-data = st.binary(max_size=300)
-
-PDU_STRATEGIES = [
-    st.builds(NopOut, st.booleans(), lun, u32, u32, u32, u32, st.just(b""), data),
-    st.builds(NopIn, lun, u32, u32, u32, u32, u32, st.just(b""), data),
-    st.builds(
-        ScsiCommand,
-        st.booleans(),
-        st.booleans(),
-        st.booleans(),
-        st.booleans(),
-        st.integers(0, 7),
-        lun,
-        u32,
-        u32,
-        u32,
-        u32,
-        st.binary(min_size=16, max_size=16),
-        st.binary(max_size=8).map(lambda b: b.ljust(-(-len(b) // 4) * 4, b"\0")),
-        data,
-    ),
-    st.builds(
-        ScsiResponsePdu,
-        st.booleans(),
-        st.booleans(),
-        st.booleans(),
-        st.booleans(),
-        u8,
-        u8,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        st.just(b""),
-        data,
-    ),
-    st.builds(
-        TaskManagementRequest, st.booleans(), st.integers(0, 127), lun, u32, u32, u32, u32, u32, u32
-    ),
-    st.builds(TaskManagementResponse, u8, u32, u32, u32, u32),
-    st.builds(
-        LoginRequest,
-        st.booleans(),
-        st.booleans(),
-        st.integers(0, 3),
-        st.integers(0, 3),
-        u8,
-        u8,
-        st.integers(0, (1 << 48) - 1),
-        u16,
-        u32,
-        u16,
-        u32,
-        u32,
-        st.just(b""),
-        data,
-    ),
-    st.builds(
-        LoginResponse,
-        st.booleans(),
-        st.booleans(),
-        st.integers(0, 3),
-        st.integers(0, 3),
-        u8,
-        u8,
-        st.integers(0, (1 << 48) - 1),
-        u16,
-        u32,
-        u32,
-        u32,
-        u32,
-        u8,
-        u8,
-        st.just(b""),
-        data,
-    ),
-    st.builds(
-        TextRequest,
-        st.booleans(),
-        st.booleans(),
-        st.booleans(),
-        lun,
-        u32,
-        u32,
-        u32,
-        u32,
-        st.just(b""),
-        data,
-    ),
-    st.builds(
-        TextResponse, st.booleans(), st.booleans(), lun, u32, u32, u32, u32, u32, st.just(b""), data
-    ),
-    st.builds(DataOut, st.booleans(), lun, u32, u32, u32, u32, u32, st.just(b""), data),
-    st.builds(
-        DataIn,
-        st.booleans(),
-        st.booleans(),
-        st.booleans(),
-        st.booleans(),
-        st.booleans(),
-        u8,
-        lun,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        st.just(b""),
-        data,
-    ),
-    st.builds(LogoutRequest, st.booleans(), st.integers(0, 127), u32, u16, u32, u32),
-    st.builds(LogoutResponse, u8, u32, u32, u32, u32, u16, u16),
-    st.builds(R2T, lun, u32, u32, u32, u32, u32, u32, u32, u32),
-    st.builds(AsyncMessage, lun, u32, u32, u32, u8, u8, u16, u16, u16, st.just(b""), data),
-    st.builds(Reject, u8, u32, u32, u32, u32, st.just(b""), st.binary(min_size=48, max_size=48)),
-    st.builds(Snack, st.integers(0, 15), lun, u32, u32, u32, u32, u32),
-]
-any_pdu = st.one_of(*PDU_STRATEGIES)
 
 
 @given(any_pdu, st.booleans(), st.booleans())

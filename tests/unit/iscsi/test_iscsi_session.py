@@ -3,7 +3,7 @@ TMF, Logout and Reject, driven through the sans-I/O Connection."""
 
 from __future__ import annotations
 
-from iscsi_testlib import (
+from helpers.iscsi_testlib import (
     TARGET,
     CloseConnection,
     DataOutAborted,
@@ -13,7 +13,7 @@ from iscsi_testlib import (
     of,
 )
 
-from targetcli_preserve.iscsi.login import SessionType, parse_text
+from targetcli_preserve.iscsi.login import SessionType
 from targetcli_preserve.iscsi.pdu import (
     R2T,
     RESERVED_TAG,
@@ -38,6 +38,7 @@ from targetcli_preserve.iscsi.pdu import (
     encode_pdu,
     lun_to_field,
 )
+from targetcli_preserve.iscsi.text import parse_text
 
 READ10 = bytes([0x28]) + bytes(15)
 WRITE10 = bytes([0x2A]) + bytes(15)
@@ -674,9 +675,10 @@ def test_read_with_digests():
 
 
 def test_login_through_connection_enables_digests():
-    from targetcli_preserve.iscsi.login import encode_text
+    from targetcli_preserve.iscsi.events import LoginComplete
     from targetcli_preserve.iscsi.pdu import LoginResponse, PduDecoder
-    from targetcli_preserve.iscsi.session import Connection, LoginComplete
+    from targetcli_preserve.iscsi.session import Connection
+    from targetcli_preserve.iscsi.text import encode_text
 
     conn = Connection({TARGET})
     ev = conn.receive_data(

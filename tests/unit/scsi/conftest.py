@@ -1,16 +1,9 @@
-"""Fixtures for the SCSI layer's unit tests (tests/memstore.py is made importable)."""
+"""Fixtures for the SCSI layer's unit tests."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for memstore
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # scsi_testlib
-
-from scsi_testlib import RecordingStore, make_target
+from helpers.scsi_testlib import RecordingStore, make_target
 
 
 @pytest.fixture

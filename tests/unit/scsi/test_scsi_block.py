@@ -7,7 +7,7 @@ import asyncio
 import inspect
 
 import pytest
-from scsi_testlib import (
+from helpers.scsi_testlib import (
     be,
     field_pointer,
     read6,
@@ -78,8 +78,8 @@ async def test_read_capacity16_allocation_length(target, alloc):
 
 
 async def test_read_capacity10_saturates():
-    from memstore import MemoryStore
-    from scsi_testlib import make_target
+    from helpers.memstore import MemoryStore
+    from helpers.scsi_testlib import make_target
 
     store = MemoryStore(num_blocks=1)
     store.num_blocks = 2**32 + 5
@@ -298,8 +298,8 @@ async def test_read6_out_of_range(target):
 
 
 async def test_transfer_length_above_maximum(store):
-    from memstore import MemoryStore
-    from scsi_testlib import make_target
+    from helpers.memstore import MemoryStore
+    from helpers.scsi_testlib import make_target
 
     big = MemoryStore(num_blocks=40000)
     t = make_target(big)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from scsi_testlib import (
+from helpers.scsi_testlib import (
     be,
     inquiry,
     mode_sense6,

@@ -1,4 +1,4 @@
-"""Property: any bytes as a CDB, with any Data-Out, give a well-formed ScsiResponse and
+"""Property: any bytes as a CDB, with any Data-Out, give a well-formed CommandResult and
 never an exception, and never reach the store with an out-of-range request."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers.memstore import MemoryStore
+from helpers.scsi_testlib import make_target
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memstore import MemoryStore
-from scsi_testlib import make_target
 
 from targetcli_preserve.scsi.cdb import COMMANDS, Opcode
-from targetcli_preserve.scsi.target import ScsiResponse, ScsiStatus
+from targetcli_preserve.scsi.target import CommandResult, ScsiStatus
 
 NB, BS = 64, 512
 
@@ -50,7 +50,7 @@ data_lengths = st.sampled_from([0, 1, 200, BS, 2 * BS, 256 * BS])
 
 
 def check(resp: object) -> None:
-    assert isinstance(resp, ScsiResponse)
+    assert isinstance(resp, CommandResult)
     assert resp.status in (ScsiStatus.GOOD, ScsiStatus.CHECK_CONDITION)
     assert isinstance(resp.data, bytes) and isinstance(resp.sense, bytes)
     if resp.status is ScsiStatus.CHECK_CONDITION:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from scsi_testlib import WWN, field_pointer, inquiry, run, sense_of
+from helpers.scsi_testlib import WWN, field_pointer, inquiry, run, sense_of
 
 from targetcli_preserve.scsi.target import ScsiStatus
 

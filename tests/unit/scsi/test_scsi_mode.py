@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from scsi_testlib import field_pointer, mode_sense6, mode_sense10, run, sense_of
+from helpers.scsi_testlib import field_pointer, mode_sense6, mode_sense10, run, sense_of
 
 from targetcli_preserve.scsi.target import ScsiStatus
 
@@ -107,7 +107,7 @@ async def test_mode_sense10_dbd_clears_longlba(target):
 
 
 async def test_huge_lun_saturates_short_descriptor():
-    from memstore import MemoryStore
+    from helpers.memstore import MemoryStore
 
     from targetcli_preserve.scsi.target import LogicalUnit, LuIdentity, ScsiTarget
 

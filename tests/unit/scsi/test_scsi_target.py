@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from memstore import MemoryStore
-from scsi_testlib import field_pointer, inquiry, read10, report_luns, rsoc, run, sense_of
+from helpers.memstore import MemoryStore
+from helpers.scsi_testlib import field_pointer, inquiry, read10, report_luns, rsoc, run, sense_of
 
 from targetcli_preserve.scsi.cdb import COMMANDS
 from targetcli_preserve.scsi.reportluns import decode_lun, encode_lun

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +17,6 @@ from pathlib import Path
 
 IQN = "iqn.2026-11.org.targetcli-preserve:default"
 _READY = re.compile(r"target (\S+) on 127\.0\.0\.1:(\d+)")
-
-
-def need(tool: str) -> None:
-    import pytest
-
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed (scripts/setup installs it)")
 
 
 class Served:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable
 
-from memstore import MemoryStore
-
+from helpers.memstore import MemoryStore
 from targetcli_preserve._errors import BackendError
-from targetcli_preserve.scsi.target import LogicalUnit, LuIdentity, ScsiResponse, ScsiTarget
+from targetcli_preserve.scsi.target import CommandResult, LogicalUnit, LuIdentity, ScsiTarget
 
 WWN = uuid.UUID("6a1f0c2e-9b3d-4e5f-8a7b-1c2d3e4f5a6b")
 
@@ -53,20 +52,20 @@ async def run(
     data_out: bytes | Awaitable[bytes] | None = None,
     length: int | None = None,
     lun: int = 0,
-) -> ScsiResponse:
+) -> CommandResult:
     if length is None:
         length = len(data_out) if isinstance(data_out, bytes) else 0
     return await target.execute(lun, cdb, data_out, length)
 
 
-def sense_of(resp: ScsiResponse) -> tuple[int, int, int]:
+def sense_of(resp: CommandResult) -> tuple[int, int, int]:
     """(sense key, ASC, ASCQ) of fixed-format sense."""
     s = resp.sense
     assert len(s) == 18 and s[0] & 0x7F == 0x70, s.hex()
     return s[2] & 0x0F, s[12], s[13]
 
 
-def field_pointer(resp: ScsiResponse) -> tuple[int, int | None]:
+def field_pointer(resp: CommandResult) -> tuple[int, int | None]:
     """(byte, bit or None) of the sense-key specific field pointer; asserts SKSV and C/D."""
     s = resp.sense
     assert s[15] & 0x80, "SKSV not set"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from targetcli_preserve.iscsi.login import full_feature_params
-from targetcli_preserve.iscsi.pdu import BadPdu, PduDecoder, encode_pdu
-from targetcli_preserve.iscsi.session import (
+from targetcli_preserve.iscsi.events import (
     CloseConnection,
-    Connection,
     DataOutAborted,
     DataOutReady,
     ExecuteCommand,
 )
+from targetcli_preserve.iscsi.login import full_feature_params
+from targetcli_preserve.iscsi.pdu import BadPdu, PduDecoder, encode_pdu
+from targetcli_preserve.iscsi.session import Connection
 
 TARGET = "iqn.2026-11.test:target"
 
