@@ -25,13 +25,11 @@ from .preserve import Action, Command, Complete, Cut, Engine, Freeze, Op, Start
 from .preserving import Preserves
 from .volumes import Bytes
 
-Payload = Bytes  # a write's data, once it has arrived
-
 
 @dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[Any]  # a read's bytes; None for a write or a flush
-    payload: Payload | asyncio.Future[bytes] | None = None
+    payload: Bytes | asyncio.Future[bytes] | None = None
     fua: bool = False
     result: bytes | None = None
 
@@ -49,12 +47,13 @@ class Datapath:
     ) -> None:
         self.engine = engine
         self.catalog = catalog
-        self.journal = journal
         self.volumes = volumes  # (LUN name, generation) -> open volume
         self.clones = Clones(engine, catalog, volumes)
-        self.preserves = Preserves(engine, catalog, journal, volumes, self.clones, self._run)
         self._pending: dict[Command, _Pending] = {}
         self._background: set[asyncio.Future[None]] = set()
+        self.preserves = Preserves(
+            engine, catalog, journal, volumes, self.clones, self._run, self._spawn
+        )
 
     def store(self, lun_name: str) -> LunStore:
         record = self.catalog.luns[lun_name]
@@ -68,12 +67,12 @@ class Datapath:
         op: Op,
         start: int,
         end: int,
-        payload: Payload | Awaitable[bytes] | None = None,
+        payload: Bytes | Awaitable[bytes] | None = None,
         fua: bool = False,
     ) -> asyncio.Future[Any]:
         """Intake (fixes the seq now) and return a future for the command's result."""
         loop = asyncio.get_running_loop()
-        data: Payload | asyncio.Future[bytes] | None
+        data: Bytes | asyncio.Future[bytes] | None
         if payload is None or isinstance(payload, (bytes, bytearray, memoryview)):
             data = payload
         else:
@@ -141,7 +140,7 @@ class Datapath:
         self._run(self.engine.io_done(cmd, generations, error))
 
     async def _write_generation(
-        self, cmd: Command, generation: int, data: Payload, fua: bool
+        self, cmd: Command, generation: int, data: Bytes, fua: bool
     ) -> None:
         error = None
         try:
@@ -187,7 +186,6 @@ class Datapath:
         """Wait (bounded) for running I/O and background work, then close every volume."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=10)
-        await self.preserves.close()
         await self.clones.close()
         # Newest first: a lazy clone stops reading through its source before it closes.
         for key in sorted(self.volumes, key=lambda k: k[1], reverse=True):
@@ -210,7 +208,7 @@ class LunStore:
         return self._datapath.submit(self.lun_name, Op.READ, lba, lba + nblocks)
 
     def write(
-        self, lba: int, nblocks: int, data: Payload | Awaitable[bytes], fua: bool = False
+        self, lba: int, nblocks: int, data: Bytes | Awaitable[bytes], fua: bool = False
     ) -> Awaitable[None]:
         return self._datapath.submit(self.lun_name, Op.WRITE, lba, lba + nblocks, data, fua)
 

@@ -41,7 +41,8 @@ SETTLE_S = 0.005  # how long a cut's background work lets the first commands go 
 
 
 class Preserves:
-    """The preserves of one daemon; ``run`` carries out engine actions (datapath.py)."""
+    """The preserves of one daemon; ``run`` carries out engine actions and ``spawn``
+    starts background work that the data path waits for (bounded) when it closes."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class Preserves:
         volumes: Volumes,
         clones: Clones,
         run: Callable[[list[Action]], None],
+        spawn: Callable[[Coroutine[object, object, None]], None],
     ) -> None:
         self._engine = engine
         self._catalog = catalog
@@ -58,11 +60,11 @@ class Preserves:
         self._volumes = volumes
         self._clones = clones
         self._run = run
+        self._spawn = spawn
         self._boot = current_boot()
         self._durable: dict[str, asyncio.Future[None]] = {}  # LUN -> newest cut's durability
         self._durable_cuts: dict[int, asyncio.Future[None]] = {}
         self._drained: dict[tuple[str, int], asyncio.Future[None]] = {}
-        self._background: set[asyncio.Future[None]] = set()
 
     # ---- the cut -------------------------------------------------------------------
 
@@ -209,13 +211,3 @@ class Preserves:
             log.exception("journal write failed: %s", record)
             return
         self._catalog.apply(record)
-
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def close(self) -> None:
-        """Wait (bounded) for the background work of the preserves."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=10)

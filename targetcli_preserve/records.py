@@ -109,6 +109,9 @@ _KINDS: dict[str, type[Record]] = {
 }
 
 
+_HINTS = {kind: typing.get_type_hints(kind) for kind in _KINDS.values()}  # field -> type
+
+
 def timestamp() -> str:
     """Now, as records and every output write a time: ISO 8601, UTC, microseconds."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
@@ -131,7 +134,7 @@ def decode(obj: Mapping[str, Any], where: str = "record") -> Record:
     kind = _KINDS.get(op) if isinstance(op, str) else None
     if kind is None:
         raise JournalCorrupt(f"{where}: unknown record kind op={op!r}")
-    hints = _hints(kind)
+    hints = _HINTS[kind]
     known = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(obj) - known - {"op"})
     if unknown:
@@ -152,15 +155,6 @@ def decode(obj: Mapping[str, Any], where: str = "record") -> Record:
 def read_records(path: Path) -> list[Record]:
     """Every record of the journal at ``path``, decoded (see Journal.read for torn lines)."""
     return [decode(obj, f"{path} line {number}") for number, obj in Journal.read_lines(path)]
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(kind: type) -> dict[str, Any]:
-    if kind not in _HINTS:
-        _HINTS[kind] = typing.get_type_hints(kind)
-    return _HINTS[kind]
 
 
 def _conforms(value: object, hint: Any) -> bool:
