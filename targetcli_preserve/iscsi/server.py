@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Generator, MutableMapping
-from typing import Protocol, Self, TypeGuard
+from collections.abc import MutableMapping
+from functools import partial
+from typing import Self
 
 from targetcli_preserve._errors import PreserveError, ProtocolError
+from targetcli_preserve.driving import Driver, drive
 from targetcli_preserve.iscsi.events import (
     CloseConnection,
     DataOutAborted,
@@ -39,94 +41,9 @@ _INTERNAL_FAILURE_SENSE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44
 
 _SessionKey = tuple[str, int, str]  # InitiatorName, ISID, TargetName (RFC 7143 6.3.5)
 
-# What a command's awaitable steps through: the futures it waits on, then its result.
-_Steps = Generator[object, None, CommandResult]
-
 
 class WriteDataAborted(ProtocolError):
     """The write data of a command will never arrive (task aborted or connection lost)."""
-
-
-class _Blocking(Protocol):
-    """A future a coroutine yielded to wait on (asyncio's ``_asyncio_future_blocking``
-    protocol, which Task follows too)."""
-
-    _asyncio_future_blocking: bool
-
-    def add_done_callback(self, fn: Callable[[object], object], /) -> None: ...
-
-
-def _is_blocking(yielded: object) -> TypeGuard[_Blocking]:
-    return bool(getattr(yielded, "_asyncio_future_blocking", False))
-
-
-class _Resumed:
-    """An awaitable continuing an ``__await__`` iterator that already yielded ``first``
-    (a Task sends None into it after ``first`` completes, as it would have)."""
-
-    __slots__ = ("first", "it")
-
-    def __init__(self, it: _Steps, first: object) -> None:
-        self.it = it
-        self.first = first
-
-    def __await__(self) -> _Steps:
-        yield self.first
-        return (yield from self.it)
-
-
-class _Driver:
-    """Runs a suspended SCSI command awaitable to its end without an asyncio Task.
-
-    A Task per command costs a Task object, a loop callback for its first step (which
-    only re-yields the future the command waits on) and another for its done callbacks;
-    on the 4 KiB I/O path that was a large share of the loop's work. Like a Task, this
-    waits on each asyncio Future the iterator yields (``_asyncio_future_blocking``
-    protocol) and sends None into it once the future is done; a bare ``yield`` runs it
-    again on the next loop iteration. Anything else is handed to a real Task.
-    ``done`` is what IscsiServer.close waits for."""
-
-    __slots__ = ("done", "it", "itt", "proto")
-
-    def __init__(self, proto: _IscsiProtocol, itt: int, it: _Steps) -> None:
-        self.proto = proto
-        self.itt = itt
-        self.it = it
-        self.done: asyncio.Future[None] = proto.loop.create_future()
-
-    def wait_on(self, yielded: object) -> None:
-        if _is_blocking(yielded):
-            yielded._asyncio_future_blocking = False
-            yielded.add_done_callback(self.resume)
-        elif yielded is None:
-            self.proto.loop.call_soon(self.resume, None)
-        else:
-            task = asyncio.ensure_future(_Resumed(self.it, yielded))
-            task.add_done_callback(self._task_done)
-
-    def resume(self, _future: object) -> None:
-        try:
-            yielded = self.it.send(None)
-        except StopIteration as stop:
-            self._finish(stop.value, None)
-        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - reported below
-            self._finish(None, exc)
-        else:
-            self.wait_on(yielded)
-
-    def _task_done(self, task: asyncio.Future[CommandResult]) -> None:
-        if task.cancelled():
-            self._finish(None, asyncio.CancelledError())
-        elif task.exception() is not None:
-            self._finish(None, task.exception())
-        else:
-            self._finish(task.result(), None)
-
-    def _finish(self, response: CommandResult | None, exc: BaseException | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-        self.proto._running.discard(self.done)
-        self.proto._finished(self.itt, response, exc)
 
 
 class _IscsiProtocol(asyncio.Protocol):
@@ -155,7 +72,7 @@ class _IscsiProtocol(asyncio.Protocol):
             lun_exists=server._lun_exists,
         )
         self._futures: dict[int, asyncio.Future[bytes]] = {}
-        self._running: set[asyncio.Future[None]] = set()
+        self._running: set[Driver[CommandResult]] = set()  # suspended commands
         self._flush_pending = False
         self._closing = False
         self.session_key: _SessionKey | None = None
@@ -234,22 +151,14 @@ class _IscsiProtocol(asyncio.Protocol):
             data_out = ev.data
         try:
             aw = target.execute(ev.lun, ev.cdb, data_out, ev.data_out_length)
-            # Drive the awaitable one step here: most commands (anything served from
-            # memory, every CDB error) finish without suspending. One that suspends is
-            # continued by a _Driver from where it stopped.
-            it: _Steps = aw.__await__()
-            try:
-                first = it.send(None)
-            except StopIteration as stop:
-                r: CommandResult = stop.value
-                self._complete_with(itt, r.status, r.data, r.sense, r.data_out_expected)
-                return
-            driver = _Driver(self, itt, it)
-            self._running.add(driver.done)
-            driver.wait_on(first)
         except Exception:  # noqa: BLE001 - the SCSI layer must not take the server down
             _log.exception("ScsiTarget.execute raised")
             self._complete_with(itt, _CHECK_CONDITION, b"", _INTERNAL_FAILURE_SENSE)
+            return
+        # Drive the awaitable one step here: most commands (anything served from memory,
+        # every CDB error) finish without suspending. One that suspends is continued by
+        # a Driver from where it stopped, without a Task (driving.py).
+        drive(self.loop, aw, partial(self._finished, itt), self._running)
 
     def _finished(
         self, itt: int, response: CommandResult | None, exc: BaseException | None
@@ -363,7 +272,7 @@ class IscsiServer:
             self._server.close()
         running: set[asyncio.Future[None]] = set()
         for proto in list(self._connections):
-            running |= proto._running
+            running |= {driver.done for driver in proto._running}
             proto.abort()
         if running:
             await asyncio.wait(running, timeout=10)
