@@ -14,7 +14,9 @@
 - ``tcmu_handle_completions`` (the user's write to the uio fd, :meth:`SimKernel.irq`):
   walks from the last cleaned entry to ``cmd_tail``, finds each command by ``hdr.cmd_id``,
   honours ``read_len`` and sense data as the kernel does, frees the data blocks, then
-  runs the TMR and command queues.
+  runs the TMR and command queues;
+- ``uio_event_notify`` after each entry it queues: :attr:`SimKernel.on_queue`, which
+  :class:`SimDoorbell` turns into a readable fd, the uio fd's event protocol.
 
 It is stricter than the kernel, and raises :class:`SimViolation` when user space breaks a
 rule the kernel relies on: ``cmd_tail`` beyond ``cmd_head`` or inside an entry, a changed
@@ -28,9 +30,12 @@ from the codec, so that a mistake in one is caught by the other.
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -184,6 +189,8 @@ class SimKernel:
         self.tmr_queue: deque[tuple[int, tuple[int, ...]]] = deque()
         self.commands: list[SimCmd] = []
         self.tmrs_sent: list[tuple[int, tuple[int, ...]]] = []
+        # uio_event_notify: called after every entry put on the ring (None: nobody listens)
+        self.on_queue: Callable[[], None] | None = None
 
     @classmethod
     def default_geometry(cls, *, flags: int = ALL_CAPS) -> SimKernel:
@@ -266,7 +273,12 @@ class SimKernel:
         cmd.cmd_id, cmd.entry, cmd.blocks = cmd_id, off, blocks
         self.in_flight[cmd_id] = cmd
         self._advance_head(off, _Placed(OP_CMD, size, cmd_id))
+        self._notify()
         return True
+
+    def _notify(self) -> None:
+        if self.on_queue is not None:
+            self.on_queue()
 
     def _alloc_block(self) -> int:
         b = self._in_use.index(False)
@@ -358,6 +370,7 @@ class SimKernel:
         struct.pack_into(f"={len(ids)}H", self.buffer, at + TMR_CMD_IDS, *ids)
         self.tmrs_sent.append(tmr)
         self._advance_head(off, _Placed(OP_TMR, size, 0))
+        self._notify()
 
     # -- completions ---------------------------------------------------------------------
 
@@ -469,3 +482,53 @@ class SimKernel:
             if self._block(b).count(POISON) != self.block_size:
                 raise SimViolation(f"user space wrote to freed data block {b}")
         self.check_free_space()
+
+
+class SimDoorbell:
+    """The uio fd of a :class:`SimKernel` (``/dev/uioN`` as the edge uses it), over an
+    eventfd: readable once the kernel queued an entry; :meth:`ack` consumes the events
+    (the edge's 4-byte read), :meth:`ring` is the edge's 4-byte write, which runs the
+    kernel's completion handling (:meth:`SimKernel.irq`; a :class:`SimViolation` is
+    recorded in ``violations`` and raised). :meth:`remove` plays a device removal: the
+    fd stays readable and both calls fail with EIO, as uio's do once the device is gone.
+    """
+
+    def __init__(self, sim: SimKernel) -> None:
+        self.sim = sim
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        sim.on_queue = self._event
+        self.acks = 0  # ack() calls, failed ones included
+        self.rings = 0  # ring() calls that reached the kernel
+        self.gone = False
+        self.fail_ring = False  # ring() fails with EIO, the device still there otherwise
+        self.violations: list[SimViolation] = []
+
+    def _event(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def ack(self) -> None:
+        self.acks += 1
+        if self.gone:
+            raise OSError(errno.EIO, "uio device removed")
+        os.eventfd_read(self.fd)  # BlockingIOError when no event is pending
+
+    def ring(self) -> None:
+        if self.gone or self.fail_ring:
+            raise OSError(errno.EIO, "uio device removed")
+        self.rings += 1
+        try:
+            self.sim.irq()
+        except SimViolation as exc:
+            self.violations.append(exc)
+            raise
+
+    def remove(self) -> None:
+        self.gone = True
+        os.eventfd_write(self.fd, 1)  # uio_poll reports a removed device as ready
+
+    def close(self) -> None:
+        self.sim.on_queue = None
+        os.close(self.fd)
