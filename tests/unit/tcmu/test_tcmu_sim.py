@@ -4,6 +4,8 @@ ring's rules, so that the property test can trust it."""
 
 from __future__ import annotations
 
+import errno
+import select
 import struct
 
 import pytest
@@ -20,6 +22,7 @@ from helpers.tcmu_sim import (
     MB_CMDR_SIZE,
     POISON,
     UFLAG_READ_LEN,
+    SimDoorbell,
     SimKernel,
     SimViolation,
     make_cdb,
@@ -173,3 +176,54 @@ def test_the_kernel_never_overwrites_what_user_space_holds() -> None:
     assert [c.cdb for c in cmds] == [c.cdb for c in on_ring]
     sim.irq()  # nothing released: nothing moves
     assert ring.poll() == []
+
+
+# --- the doorbell (the uio fd) ---------------------------------------------------------
+
+
+def readable(bell: SimDoorbell) -> bool:
+    return bool(select.select([bell.fileno()], [], [], 0)[0])
+
+
+def test_doorbell_is_readable_after_an_entry_and_ack_consumes_it() -> None:
+    sim = SimKernel(cmdr_size=1024, data_blocks=2, block_size=512)
+    bell = SimDoorbell(sim)
+    assert not readable(bell)
+    with pytest.raises(BlockingIOError):
+        bell.ack()
+    sim.submit(make_cdb(READ10), data_in_len=512)
+    sim.submit(make_cdb(READ10), data_in_len=512)  # one event or two: one ack takes both
+    assert readable(bell)
+    bell.ack()
+    assert not readable(bell)
+    sim.submit(make_cdb(READ10), data_in_len=512)  # no data block left: waits, no event
+    assert len(sim.qfull) == 1 and not readable(bell)
+    ring = TcmuRing(sim.buffer)
+    first = ring.poll()[0]
+    assert isinstance(first, Command)
+    ring.complete(first)
+    assert ring.take_notify()
+    bell.ring()  # the kernel takes the completion and queues the waiting command
+    assert bell.rings == 1 and not sim.qfull and readable(bell)
+    bell.close()
+
+
+def test_doorbell_records_a_violation_and_raises_it() -> None:
+    sim = SimKernel()
+    bell = SimDoorbell(sim)
+    set_tail(sim, 8)  # beyond cmd_head 0
+    with pytest.raises(SimViolation):
+        bell.ring()
+    assert len(bell.violations) == 1
+    bell.close()
+
+
+def test_a_removed_device_is_readable_and_fails_both_ways() -> None:
+    bell = SimDoorbell(SimKernel())
+    bell.remove()
+    assert readable(bell)
+    for call in (bell.ack, bell.ring):
+        with pytest.raises(OSError) as err:
+            call()
+        assert err.value.errno == errno.EIO
+    bell.close()
