@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import UserError
 from .catalog import Catalog, CutRecord
 from .datapath import Datapath
-from .iscsi.server import IscsiServer
-from .options import Config, format_portal
+from .options import Config
 from .preserve import Engine, VolumeState
 from .statedir import lun_list
+
+if TYPE_CHECKING:
+    from .kernel_target import KernelTarget
 
 
 def preserve_info(cut: CutRecord) -> dict[str, Any]:
@@ -37,8 +39,9 @@ class ControlCommands:
     catalog: Catalog
     engine: Engine
     datapath: Datapath
-    server: IscsiServer
+    portal: str  # HOST:PORT initiators log in to
     lun_numbers: dict[str, int]
+    kernel: KernelTarget | None = None  # with --lio: the LUNs' TCMU devices
 
     def handlers(self) -> dict[str, Callable[..., Awaitable[Any]]]:
         return {
@@ -82,7 +85,8 @@ class ControlCommands:
         names = [self._served(name)] if name is not None else list(self.lun_numbers)
         return {
             "target": self.config.iqn,
-            "portal": format_portal(self.config.host, self.server.port),
+            "portal": self.portal,
+            "fabric": "lio" if self.kernel is not None else "builtin",
             "state_dir": str(self.config.state_dir),
             "next_seq": self.engine.next_seq,
             "luns": [self._lun_status(n) for n in names],
@@ -104,6 +108,18 @@ class ControlCommands:
             "volumes": len(gens),
             "draining": sum(g.state is VolumeState.DRAINING for g in gens),
             "last_preserve": preserve_info(cuts[-1]) if cuts else None,
+            "tcmu": self._tcmu(name),
+        }
+
+    def _tcmu(self, name: str) -> dict[str, Any] | None:
+        """With --lio: the LUN's backstore and the uio device serving it (None while
+        it is not served)."""
+        if self.kernel is None:
+            return None
+        backstore = self.kernel.backstores.get(name)
+        return {
+            "backstore": f"user/{name}" if backstore else None,
+            "uio": self.kernel.uio_of(name),
         }
 
     async def volumes(self, name: str) -> list[dict[str, Any]]:

@@ -1,11 +1,13 @@
 """targetcli-preserved: the daemon's life, from start to stop.
 
 Start-up order (docs/design.md rule 9): bind the portal (so that an address in use
-fails before anything is created), lock the state directory, replay the journal, check
-every ``--lun`` against it, make the state consistent (recovery.py), open or create the
-LUNs' volumes, then serve: the control socket and the built-in iSCSI target. What a
+fails before anything is created; with ``--lio``, check that LIO can serve instead),
+lock the state directory, replay the journal, check every ``--lun`` against it, make
+the state consistent (recovery.py), open or create the LUNs' volumes, then serve: the
+control socket and the built-in iSCSI target, or LIO's (kernel_target.py). What a
 start made is undone in reverse order when a later step fails, and on stop; a state
-directory that the failed start itself created is removed.
+directory that the failed start itself created is removed. LIO's configuration is
+the exception: it outlives the daemon (lio.py says why).
 
 The pieces live elsewhere: options in options.py, recovery in recovery.py, the control
 commands' replies in commands.py, the data path in datapath.py.
@@ -26,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import __version__
+from . import __version__, lio
 from ._errors import UserError
 from .boot import current_boot
 from .catalog import Catalog, replay
@@ -36,6 +38,7 @@ from .datapath import Datapath
 from .exits import ExitCode, run_guarded
 from .iscsi.server import IscsiServer
 from .journal import Journal
+from .kernel_target import KernelTarget
 from .options import Config, add_serve_arguments, config_from, format_portal
 from .preserve import Engine
 from .records import read_records
@@ -55,7 +58,8 @@ class Services:
     engine: Engine
     datapath: Datapath
     target: ScsiTarget
-    server: IscsiServer
+    server: IscsiServer | None  # the built-in target; None with --lio
+    kernel: KernelTarget | None  # the LUNs' TCMU devices with --lio; else None
     control: ControlServer
     commands: ControlCommands
 
@@ -100,9 +104,15 @@ class Daemon:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> Services:
         cfg = self.config
-        server = IscsiServer(cfg.host, cfg.port, {})
-        await server.listen()  # a portal in use fails here, before any file exists
-        stack.push_async_callback(server.close)
+        server: IscsiServer | None = None
+        if cfg.lio:
+            reason = lio.unavailable()  # before any file exists, like a portal in use
+            if reason is not None:
+                raise UserError(reason)
+        else:
+            server = IscsiServer(cfg.host, cfg.port, {})
+            await server.listen()  # a portal in use fails here, before any file exists
+            stack.push_async_callback(server.close)
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as err:
@@ -137,7 +147,8 @@ class Daemon:
         # Closed before the data path: the target stops taking commands and waits for
         # those still running (closing it twice is harmless: the first callback above
         # only matters if a start fails before this point).
-        stack.push_async_callback(server.close)
+        if server is not None:
+            stack.push_async_callback(server.close)
         for spec in cfg.luns:
             datapath.prepare_standby(spec.name)
         lun_numbers = {spec.name: catalog.luns[spec.name].number for spec in cfg.luns}
@@ -150,13 +161,29 @@ class Daemon:
                 for name, number in lun_numbers.items()
             }
         )
-        server.targets[cfg.iqn] = target
-        commands = ControlCommands(cfg, catalog, engine, datapath, server, lun_numbers)
+        kernel: KernelTarget | None = None
+        if server is not None:
+            server.targets[cfg.iqn] = target
+            port = server.port
+        else:
+            kernel = KernelTarget(lio.Lio(), target, cfg.iqn, (cfg.host, cfg.port), lun_numbers)
+            stack.push_async_callback(kernel.close)  # before the data path closes
+            kernel.configure(
+                {name: (catalog.luns[name].size, catalog.luns[name].wwn) for name in lun_numbers}
+            )
+            port = cfg.port
+        commands = ControlCommands(
+            cfg, catalog, engine, datapath, format_portal(cfg.host, port), lun_numbers, kernel
+        )
         control = ControlServer(cfg.state_dir / "control.sock", commands.handlers())
         await control.start()
         stack.push_async_callback(control.close)
-        await server.start()
-        return Services(catalog, engine, datapath, target, server, control, commands)
+        if server is not None:
+            await server.start()
+        else:
+            assert kernel is not None
+            await kernel.start()
+        return Services(catalog, engine, datapath, target, server, kernel, control, commands)
 
     def _lock_state_dir(self) -> int:
         """Only one daemon per state directory: hold an flock(2) while running."""
@@ -189,13 +216,15 @@ async def serve(config: Config, out: TextIO = sys.stdout) -> None:
     await daemon.start()
     try:
         services = daemon.services
-        print(
-            f"target {config.iqn} on {format_portal(config.host, services.server.port)}", file=out
-        )
+        fabric = " (kernel LIO)" if config.lio else ""
+        print(f"target {config.iqn} on {services.commands.portal}{fabric}", file=out)
         for name, number in sorted(services.lun_numbers.items(), key=lambda item: item[1]):
             record = services.catalog.luns[name]
             live = services.catalog.volume_path(name, record.live.index)
-            print(f"  LUN {number}: {name} ({_human(record.size)}) {live}", file=out)
+            via = ""
+            if services.kernel is not None:
+                via = f" via /dev/{services.kernel.uio_of(name)}"
+            print(f"  LUN {number}: {name} ({_human(record.size)}) {live}{via}", file=out)
         print(f"state {config.state_dir}; control socket {services.control.path}", file=out)
         print("ready", file=out, flush=True)
         await stop.wait()

@@ -34,6 +34,7 @@ class Config:
     port: int = DEFAULT_PORTAL[1]
     luns: list[LunSpec] = field(default_factory=lambda: [LunSpec("lun0", DEFAULT_LUN_SIZE)])
     iqn: str = DEFAULT_IQN
+    lio: bool = False  # serve through kernel LIO (TCMU) instead of the built-in target
 
 
 def parse_size(text: str) -> int:
@@ -79,6 +80,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "default lun0:1G; an existing LUN is reused",
     )
     parser.add_argument("--iqn", default=DEFAULT_IQN, help="target name (default %(default)s)")
+    parser.add_argument(
+        "--lio",
+        action="store_true",
+        help="export the LUNs through kernel LIO (TCMU user:preserve backstores) instead "
+        "of the built-in iSCSI target; needs root, configfs, target_core_user and "
+        "iscsi_target_mod",
+    )
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -90,7 +98,7 @@ def config_from(args: argparse.Namespace) -> Config:
             raise UserError(f"LUN name {spec.name!r} is given twice in --lun")
         seen.add(spec.name)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    return Config(state_dir.resolve(), host, port, luns, args.iqn)
+    return Config(state_dir.resolve(), host, port, luns, args.iqn, args.lio)
 
 
 def format_portal(host: str, port: int) -> str:

@@ -22,10 +22,15 @@ _READY = re.compile(r"target (\S+) on 127\.0\.0\.1:(\d+)")
 class Served:
     """One daemon process serving LUNs from ``state_dir`` on a free loopback port."""
 
-    def __init__(self, state_dir: Path, luns: list[str], port: int = 0) -> None:
+    def __init__(
+        self, state_dir: Path, luns: list[str], port: int = 0, *, lio: bool = False
+    ) -> None:
         self.state_dir = state_dir
         self.luns = luns
         self.port = port
+        # lio: kernel LIO exports the LUNs on 0.0.0.0:port (the guest's forwarded port
+        # reaches it too); initiators here still use 127.0.0.1
+        self.lio = lio
         self.proc: subprocess.Popen | None = None
         self.output: list[str] = []
 
@@ -38,8 +43,10 @@ class Served:
             str(self.state_dir),
             "serve",
             "--portal",
-            f"127.0.0.1:{self.port}",
+            f"{'0.0.0.0' if self.lio else '127.0.0.1'}:{self.port}",
         ]
+        if self.lio:
+            args.append("--lio")
         for lun in self.luns:
             args += ["--lun", lun]
         self.proc = subprocess.Popen(

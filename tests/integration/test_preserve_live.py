@@ -16,79 +16,16 @@ XFS loop image.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from helpers.qemu_load import QemuIo, apply, overlapping_writes
-from helpers.served import Served, qemu_img_read
+from helpers.preserve_load import LUN_SIZE, check_lun, run_load_with_cut
+from helpers.served import Served
 from helpers.skips import need
-
-LUN_SIZE = 16 << 20
-REGION = 4 << 20  # the writes crowd into this much, so they overlap a lot
-COUNT = 240
 
 
 @pytest.fixture(autouse=True)
 def _tools():
     need("qemu-io")
     need("qemu-img")
-
-
-WARMUP = 20  # writes acknowledged before the burst: the sessions are up and flowing
-BURST = 180  # writes sent in one go; the cut lands in the middle of them
-MIN_INFLIGHT = 4  # commands a LUN must have in flight at the cut
-
-
-def run_load_with_cut(served: Served, luns: list[int], names: list[str], seed: int):
-    """Drive one qemu-io per LUN; preserve all LUNs together in the middle of a burst.
-
-    Returns the writes per LUN, the preserve result, and per LUN ``k``: how many of its
-    writes were issued before the cut. The daemon counts each LUN's commands
-    (``issued``); qemu-io sends one command per write, in order, on one session, so
-    write i of the load is command ``issued_before_load + i`` of its LUN."""
-    loads = [overlapping_writes(seed + n, COUNT, REGION) for n in luns]
-    ios = [QemuIo(served.url(n)) for n in luns]
-    try:
-        for io, writes in zip(ios, loads):
-            io.feed([w.verbose_line() for w in writes[:WARMUP]])
-        for io in ios:
-            io.settle(WARMUP)  # nothing of this LUN is in flight now
-        issued = {lun["name"]: lun["issued"] for lun in served.json("status")["luns"]}
-        before_load = [issued[name] - WARMUP for name in names]
-        feeders = [
-            io.feed_in_background([w.verbose_line() for w in writes[WARMUP : WARMUP + BURST]], 0)
-            for io, writes in zip(ios, loads)
-        ]
-        for io in ios:
-            io.wait_acknowledged(WARMUP + 10)  # the burst is flowing
-        cut = served.call("preserve", names=names, wait=True)  # mid-burst
-        for feeder in feeders:
-            feeder.join(60)
-        for io, writes in zip(ios, loads):
-            io.feed([w.verbose_line() for w in writes[WARMUP + BURST :]])
-        outputs = [io.finish() for io in ios]
-    finally:
-        for io in ios:
-            io.kill()
-    for out in outputs:
-        assert "error" not in out.lower() and "failed" not in out.lower(), out
-    ks = [entry["issued_at_cut"] - base for entry, base in zip(cut["luns"], before_load)]
-    return loads, cut, ks
-
-
-def check_lun(served: Served, tmp_path: Path, lun: int, entry: dict, writes, k: int) -> None:
-    """Live: every write in issue order; frozen: exactly the first ``k`` (rules 1-6)."""
-    assert WARMUP + 10 <= k <= WARMUP + BURST, f"the cut at write {k} is outside the burst"
-    assert entry["inflight_at_cut"] >= MIN_INFLIGHT, (
-        f"only {entry['inflight_at_cut']} commands in flight at the cut: no real concurrency"
-    )
-    live = qemu_img_read(served.url(lun), tmp_path / f"live{lun}.raw")
-    assert live == apply(bytearray(LUN_SIZE), writes), "live LUN is not all writes in issue order"
-    assert entry["preserved"]["state"] == "frozen"
-    frozen = Path(entry["preserved"]["path"]).read_bytes()
-    assert frozen == apply(bytearray(LUN_SIZE), writes[:k]), (
-        f"the frozen volume is not exactly the {k} writes issued before the cut"
-    )
 
 
 def test_preserve_under_async_writes(state_dir, clone_strategy, tmp_path):

@@ -1,0 +1,353 @@
+"""The daemon behind kernel LIO (``serve --lio``): TCMU, the same engine, the same cut.
+
+Runs where LIO runs: in the QEMU guest of ``scripts/test-lio`` (Debian's kernel with
+configfs, target_core_user and iscsi_target_mod), or directly on any machine that has
+them, as root. Elsewhere every test here is "not applicable" (a skip CI accepts).
+
+Initiators: libiscsi's tools and qemu-io on 127.0.0.1 (their issue order is known:
+one session, CmdSN order) and the kernel's own initiator (iscsiadm, ``/dev/sdX``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.conformance import run_suite
+from helpers.preserve_load import LUN_SIZE, check_lun, run_load_with_cut
+from helpers.qemu_load import QemuIo, Write
+from helpers.served import IQN, Served, qemu_img_read
+from helpers.skips import need, not_applicable
+
+from targetcli_preserve import lio
+
+PORT = 3260
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _lio_here() -> None:
+    reason = lio.unavailable()
+    if reason is not None:
+        if os.environ.get("GUEST_RUN"):  # the guest of scripts/test-lio: LIO must be there
+            pytest.fail(f"the LIO test guest cannot serve LIO: {reason}")
+        not_applicable(f"{reason}; scripts/test-lio runs these tests in a QEMU guest")
+    for tool in ("qemu-io", "qemu-img", "iscsi-inq", "iscsi-test-cu"):
+        need(tool)
+
+
+def _clear_lio(names: list[str]) -> None:
+    lio.Lio().remove(IQN, names)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator:
+    """Start ``serve --lio`` with LUN specs; LIO's configuration is removed afterwards
+    (a stopped daemon leaves it in place on purpose)."""
+    started: list[Served] = []
+
+    def start(*luns: str) -> Served:
+        served = Served(tmp_path / "state", list(luns), PORT, lio=True).start(timeout=120)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+    _clear_lio([spec.split(":")[0] for served in started for spec in served.luns])
+
+
+def _run(*argv: str, timeout: float = 120) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def test_luns_keep_their_identity_through_lio(serve):
+    served = serve("db0:16M", "db1:8M")
+    status = served.json("status")
+    assert status["fabric"] == "lio"
+    by_name = {lun["name"]: lun for lun in status["luns"]}
+    for name in ("db0", "db1"):
+        tcmu = by_name[name]["tcmu"]
+        assert tcmu["backstore"] == f"user/{name}" and re.fullmatch(r"uio\d+", tcmu["uio"])
+    # INQUIRY is ours (TCMU passes it through), REPORT LUNS is LIO's
+    inq = _run("iscsi-inq", served.url(0))
+    assert "Vendor:PRESERVE" in inq, inq
+    serial = _run("iscsi-inq", "-e", "1", "-c", "128", served.url(1))
+    assert uuid.UUID(by_name["db1"]["wwn"]).hex in serial, serial  # VPD 80h: the WWN in hex
+    # LIO queues REPORTED LUNS DATA HAS CHANGED (SPC-4 6.37: a UNIT ATTENTION) for a new
+    # initiator's dynamic ACL as each LUN is mapped to it; iscsi-ls stops at the first
+    # UNIT ATTENTION, which its TEST UNIT READY consumes, so the second run lists all
+    subprocess.run(
+        ["iscsi-ls", "-s", f"iscsi://127.0.0.1:{PORT}"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    listing = _run("iscsi-ls", "-s", f"iscsi://127.0.0.1:{PORT}")
+    assert IQN in listing and "Lun:0" in listing and "Lun:1" in listing, listing
+    # the same identity after a preserve (a preserve never changes it)
+    served.call("preserve", names=["db1"], wait=True)
+    assert _run("iscsi-inq", "-e", "1", "-c", "128", served.url(1)) == serial
+
+
+def test_preserve_under_async_writes(serve, tmp_path):
+    served = serve(f"lun0:{LUN_SIZE}")
+    (writes,), cut, (k,) = run_load_with_cut(served, [0], ["lun0"], seed=11)
+    check_lun(served, tmp_path, 0, cut["luns"][0], writes, k)
+    print(
+        f"LIO: cut after {k} of {len(writes)} writes, {cut['luns'][0]['inflight_at_cut']} in flight"
+    )
+
+
+def test_one_cut_over_two_luns(serve, tmp_path):
+    served = serve(f"lun0:{LUN_SIZE}", f"lun1:{LUN_SIZE}")
+    loads, cut, ks = run_load_with_cut(served, [0, 1], ["lun0", "lun1"], seed=17)
+    for lun, (writes, entry, k) in enumerate(zip(loads, cut["luns"], ks)):
+        check_lun(served, tmp_path, lun, entry, writes, k)
+    cuts = {served.json("volumes", n)[-1]["preserve"]["seq"] for n in ("lun0", "lun1")}
+    assert cuts == {cut["seq"]}
+
+
+# -- the kernel initiator ---------------------------------------------------------------
+
+
+class KernelInitiator:
+    """iscsiadm on 127.0.0.1 (discovery inside the guest is allowed); one session."""
+
+    def __init__(self) -> None:
+        Path("/etc/iscsi").mkdir(parents=True, exist_ok=True)
+        Path("/etc/iscsi/initiatorname.iscsi").write_text(
+            "InitiatorName=iqn.2026-11.org.targetcli-preserve:guest-initiator\n"
+        )
+        Path("/run/lock").mkdir(parents=True, exist_ok=True)
+        if subprocess.run(["pgrep", "-x", "iscsid"], check=False, capture_output=True).returncode:
+            _run("iscsid")
+        _run("iscsiadm", "-m", "discovery", "-t", "st", "-p", f"127.0.0.1:{PORT}")
+        self.node = ("iscsiadm", "-m", "node", "-T", IQN, "-p", f"127.0.0.1:{PORT}")
+        _run(*self.node, "--login")
+
+    def disk(self, lun: int, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for dev in Path("/sys/block").glob("sd*"):
+                hctl = os.listdir(dev / "device" / "scsi_device")[0]  # H:C:T:L
+                if int(hctl.split(":")[3]) == lun and Path(f"/dev/{dev.name}").exists():
+                    return f"/dev/{dev.name}"
+            time.sleep(0.2)
+        raise AssertionError(
+            f"no disk for LUN {lun}: {_run('iscsiadm', '-m', 'session', '-P', '3')}"
+        )
+
+    def logout(self) -> None:
+        subprocess.run([*self.node, "--logout"], capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def kernel_initiator() -> Iterator:
+    """Log the kernel's initiator in (call it once the daemon serves); out at the end."""
+    need("iscsiadm")
+    sessions: list[KernelInitiator] = []
+
+    def login() -> KernelInitiator:
+        sessions.append(KernelInitiator())
+        return sessions[-1]
+
+    yield login
+    for session in sessions:
+        session.logout()
+
+
+SLOT = 64 << 10  # each kernel-initiator write: one 64 KiB command (O_DIRECT)
+
+
+def _dd_writes(dev: str, count: int, first_pattern: int = 1) -> list[subprocess.Popen]:
+    """``count`` writes at once, each its own process, slot i filled with byte
+    ``first_pattern + i``: the kernel keeps them in flight together."""
+    procs = []
+    for i in range(count):
+        pattern = bytes([first_pattern + i]) * SLOT
+        procs.append(
+            subprocess.Popen(
+                ["dd", f"of={dev}", f"bs={SLOT}", f"seek={i}", "count=1", "oflag=direct"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+        procs[-1].stdin.write(pattern)  # type: ignore[union-attr]
+    for proc in procs:
+        proc.stdin.close()  # type: ignore[union-attr]  # all start writing at once
+    return procs
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float = 120) -> None:
+    for proc in procs:
+        assert proc.wait(timeout) == 0, proc.stderr.read()  # type: ignore[union-attr]
+
+
+def _slots(image: bytes, count: int) -> list[int | None]:
+    """Per slot: its pattern byte when the slot holds one whole write, 0 when untouched,
+    None when torn (anything else)."""
+    out: list[int | None] = []
+    for i in range(count):
+        chunk = image[i * SLOT : (i + 1) * SLOT]
+        first = chunk[0]
+        out.append(first if chunk == bytes([first]) * SLOT else None)
+    return out
+
+
+def test_kernel_initiator_preserve_mid_burst(serve, kernel_initiator):
+    served = serve("lun0:16M")
+    dev = kernel_initiator().disk(0)
+    count = 96
+    before = served.json("status", "lun0")["luns"][0]["issued"]
+    procs = _dd_writes(dev, count)
+    cut = served.call("preserve", names=["lun0"], wait=True)
+    _wait_all(procs)
+    entry = cut["luns"][0]
+    k = entry["issued_at_cut"] - before
+    assert 0 < k < count, f"the cut fell outside the burst ({k} of {count} before it)"
+    frozen = _slots(Path(entry["preserved"]["path"]).read_bytes(), count)
+    assert None not in frozen, "a write is torn in the frozen volume"
+    whole = [i for i, p in enumerate(frozen) if p]
+    assert len(whole) == k, f"{len(whole)} whole writes frozen, {k} issued before the cut"
+    assert all(frozen[i] == i + 1 for i in whole)
+    live = _slots(
+        _run_bytes("dd", f"if={dev}", f"bs={SLOT}", f"count={count}", "iflag=direct"), count
+    )
+    assert live == [i + 1 for i in range(count)], "the live LUN lacks acknowledged writes"
+    print(
+        f"kernel initiator: {k} of {count} writes before the cut, {entry['inflight_at_cut']} in flight"
+    )
+
+
+def _run_bytes(*argv: str, timeout: float = 120) -> bytes:
+    done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_lun_reset_and_abort_are_survived(serve, kernel_initiator, tmp_path):
+    served = serve("lun0:16M")
+    # libiscsi's task management tests: ABORT TASK and LUN RESET with commands in flight
+    tmf = run_suite(served.url(0), "iSCSI.iSCSITMF", timeout=300)
+    assert tmf.ran == tmf.total >= 2 and tmf.failed == 0, tmf.output[-3000:]
+    # a LUN reset from the kernel initiator while its writes are in flight
+    need("sg_reset")
+    dev = kernel_initiator().disk(0)
+    procs = _dd_writes(dev, 48, first_pattern=101)
+    _run("sg_reset", "-d", dev)
+    _wait_all(procs)
+    live = _slots(_run_bytes("dd", f"if={dev}", f"bs={SLOT}", "count=48", "iflag=direct"), 48)
+    assert live == [101 + i for i in range(48)], "writes were lost across the LUN reset"
+    # and the LUN still takes a preserve afterwards
+    cut = served.call("preserve", names=["lun0"], wait=True)
+    assert cut["luns"][0]["preserved"]["state"] == "frozen"
+
+
+def test_sigkill_and_restart_reattach(serve, tmp_path):
+    served = serve(f"lun0:{LUN_SIZE}")
+    slots = LUN_SIZE // SLOT
+    writes = [Write(i * SLOT, SLOT, i + 1) for i in range(min(slots, 200))]
+    io = QemuIo(served.url(0))
+    try:
+        feeder = io.feed_in_background([w.verbose_line() for w in writes], gap=0.002)
+        io.wait_acknowledged(40)
+        os.kill(served.proc.pid, signal.SIGKILL)  # commands stay on the ring, unanswered
+        served.proc.wait()
+        served.proc = None
+        acked_at_kill = len(io.acknowledged())
+        served.start(timeout=120)  # reattaches to the same LIO devices
+        feeder.join(120)
+        out = io.finish(timeout=120)
+    finally:
+        io.kill()
+    acked = set(io.acknowledged())
+    assert len(acked) == len(writes), f"qemu-io acknowledged {len(acked)} of {len(writes)}:\n{out}"
+    live = qemu_img_read(served.url(0), tmp_path / "live.raw")
+    for w in writes:
+        assert live[w.offset : w.offset + w.length] == bytes([w.pattern]) * w.length, (
+            f"write {w.pattern} at {w.offset} is missing after the restart"
+        )
+    print(f"SIGKILL after {acked_at_kill} acknowledged writes; all {len(writes)} present")
+
+
+def test_iscsi_test_cu_against_lio_fileio(serve, tmp_path):
+    """libiscsi's SCSI family on the preserve LUN and on LIO's own fileio backstore in
+    the same kernel, counted honestly (libiscsi counts a skipped sub-test as passed)."""
+    served = serve("lun0:64M")
+    ours = run_suite(served.url(0), "SCSI", timeout=1200)
+    fileio = _fileio_run(tmp_path)
+    print(
+        f"\niscsi-test-cu -t SCSI: user:preserve ran {ours.ran}/{ours.total}, passed "
+        f"{ours.passed} ({ours.really_passed} without a [SKIPPED] command), failed "
+        f"{ours.failed}; LIO fileio ran {fileio.ran}/{fileio.total}, passed {fileio.passed} "
+        f"({fileio.really_passed}), failed {fileio.failed}\n"
+        f"  failing on user:preserve: {', '.join(ours.failures) or 'none'}\n"
+        f"  failing on fileio: {', '.join(fileio.failures) or 'none'}"
+    )
+    worse = sorted(set(ours.failures) - set(fileio.failures))
+    assert ours.ran == ours.total >= 100, ours.output[-3000:]
+    assert not worse, f"fails on user:preserve but not on fileio: {worse}\n{ours.output[-6000:]}"
+
+
+def _fileio_run(tmp_path: Path):
+    """The same suite against a fileio backstore on its own LIO target (made with
+    rtslib-fb directly: the product's LIO code is lio.py, this is the baseline's)."""
+    import rtslib_fb as rts
+
+    iqn = "iqn.2026-11.org.targetcli-preserve:fileio-baseline"
+    backing = tmp_path / "fileio.img"
+    with backing.open("wb") as f:
+        f.truncate(64 * MIB)
+    so = rts.FileIOStorageObject("baseline", str(backing), size=64 * MIB)
+    target = rts.Target(rts.FabricModule("iscsi"), iqn)
+    try:
+        tpg = rts.TPG(target, 1)
+        for name, value in (
+            ("generate_node_acls", "1"),
+            ("cache_dynamic_acls", "1"),
+            ("authentication", "0"),
+            ("demo_mode_write_protect", "0"),
+        ):
+            tpg.set_attribute(name, value)
+        rts.NetworkPortal(tpg, "127.0.0.1", 3261)
+        rts.LUN(tpg, 0, so)
+        tpg.enable = True
+        return run_suite(f"iscsi://127.0.0.1:3261/{iqn}/0", "SCSI", timeout=1200)
+    finally:
+        target.delete()
+        so.delete()
+
+
+def test_udev_rule_names_and_protects_the_device(serve):
+    """udev/60-targetcli-preserve.rules, run by ``udevadm test`` on the real uio device."""
+    need("udevadm")
+    served = serve("db0:8M")
+    uio = served.json("status", "db0")["luns"][0]["tcmu"]["uio"]
+    rules = Path("/etc/udev/rules.d")
+    rules.mkdir(parents=True, exist_ok=True)
+    rule = Path(__file__).parents[2] / "udev" / "60-targetcli-preserve.rules"
+    (rules / rule.name).write_text(rule.read_text())
+    try:
+        done = subprocess.run(
+            ["udevadm", "test", "--action=add", f"/sys/class/uio/{uio}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        (rules / rule.name).unlink()
+    out = done.stdout + done.stderr
+    assert "/dev/targetcli-preserve/db0" in out, out[-3000:]
+    assert re.search(r"MODE 0?600|mode=0?600", out, re.IGNORECASE), out[-3000:]
