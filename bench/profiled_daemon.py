@@ -18,6 +18,9 @@ import sys
 
 
 def main() -> None:
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     if len(sys.argv) < 4 or sys.argv[2] != "-m":
         sys.exit(f"usage: {sys.argv[0]} OUT -m MODULE [ARGS...]")
     out, module = sys.argv[1], sys.argv[3]
