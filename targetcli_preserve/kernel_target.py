@@ -19,7 +19,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from ._errors import UserError
+from ._errors import PreserveError, UserError
 from .lio import Backstore, Lio
 from .scsi.lu import MAX_TRANSFER_BYTES
 from .scsi.target import ScsiTarget
@@ -114,12 +114,12 @@ class KernelTarget:
             log.warning("%s: LUN %s is already served by %s", uio, name, self.attached[name].uio)
             return
         try:
-            self.lio.reset_ring(backstore)
-            device = UioDevice(uio)
-        except (OSError, UioError) as err:
+            device = UioDevice(uio)  # exclusive: nobody else serves it from here on
+        except UioError as err:
             log.error("%s: cannot serve LUN %s: %s", uio, name, err)
             return
         try:
+            self.lio.reset_ring(backstore)  # what an earlier handler left: BUSY, retried
             ring = TcmuRing(device.map)
             server = RingServer(
                 ring,
@@ -129,9 +129,10 @@ class KernelTarget:
                 on_lost=functools.partial(self._lost, name),
             )
             server.start()
-        except Exception:
+        except (OSError, PreserveError) as err:  # this ring cannot be served; the rest can
             device.close()
-            raise
+            log.error("%s: cannot serve LUN %s: %s", uio, name, err)
+            return
         self.attached[name] = _Attached(uio, device, server)
         log.info("serving LUN %s through LIO: %s, %s", name, uio, backstore.path)
         self._check_all_attached()
