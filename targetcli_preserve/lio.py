@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import UserError
+from ._errors import PreserveError
 
 SUBTYPE = "preserve"
 CONFIGFS = Path("/sys/kernel/config/target")
@@ -54,8 +54,9 @@ _TPG_PARAMETERS = {
 _SIZE = re.compile(r"(?<![A-Za-z])Size: *(\d+)")  # "Size:", not "SectorSize:"
 
 
-class LioError(UserError):
-    """LIO cannot do what was asked; the message says what to do."""
+class LioError(PreserveError):
+    """LIO cannot do what was asked here (exit status 1, like a portal in use); the
+    message says what is missing or in the way."""
 
 
 def unavailable() -> str | None:
