@@ -94,6 +94,10 @@ def test_luns_keep_their_identity_through_lio(serve):
     )
     listing = _run("iscsi-ls", "-s", f"iscsi://127.0.0.1:{PORT}")
     assert IQN in listing and "Lun:0" in listing and "Lun:1" in listing, listing
+    # what the man page says of I/O while no daemon serves a ring: commands wait in the
+    # kernel up to cmd_time_out seconds (30 by default)
+    attrib = next(lio.CONFIGFS.glob("core/user_*/db0/attrib"))
+    assert (attrib / "cmd_time_out").read_text().strip() == "30"
     # the same identity after a preserve (a preserve never changes it)
     served.call("preserve", names=["db1"], wait=True)
     assert _run("iscsi-inq", "-e", "1", "-c", "128", served.url(1)) == serial
