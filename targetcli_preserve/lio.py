@@ -38,7 +38,7 @@ TPG_TAG = 1
 # No netlink reply: see the module docstring (target_core_user.c, nl_reply_supported).
 _CONTROL = "nl_reply_supported=-1"
 # Demo mode (RFC 7143 leaves access control to the target): what the built-in target does.
-_TPG_ATTRIBUTES = {
+DEMO_MODE = {
     "generate_node_acls": "1",
     "cache_dynamic_acls": "1",
     "authentication": "0",
@@ -157,7 +157,7 @@ class Lio:
         try:
             target = rts.Target(rts.FabricModule("iscsi"), iqn, mode="any")
             tpg = rts.TPG(target, TPG_TAG, mode="any")
-            for name, value in _TPG_ATTRIBUTES.items():
+            for name, value in DEMO_MODE.items():
                 tpg.set_attribute(name, value)
             for name, value in _TPG_PARAMETERS.items():
                 tpg.set_parameter(name, value)

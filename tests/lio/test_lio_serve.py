@@ -317,12 +317,7 @@ def _fileio_run(tmp_path: Path):
     target = rts.Target(rts.FabricModule("iscsi"), iqn)
     try:
         tpg = rts.TPG(target, 1)
-        for name, value in (
-            ("generate_node_acls", "1"),
-            ("cache_dynamic_acls", "1"),
-            ("authentication", "0"),
-            ("demo_mode_write_protect", "0"),
-        ):
+        for name, value in lio.DEMO_MODE.items():  # access as the product's export
             tpg.set_attribute(name, value)
         rts.NetworkPortal(tpg, "127.0.0.1", 3261)
         rts.LUN(tpg, 0, so)
