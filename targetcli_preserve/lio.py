@@ -133,6 +133,14 @@ class Lio:
             raise LioError(f"LIO backstore user/{lun_name} has unit serial {so.wwn}, not {wwn}")
         return found
 
+    def find(self, lun_name: str) -> Backstore | None:
+        """The LUN's backstore as configfs has it now (it may have been made again since
+        :meth:`backstore`: another HBA index), or None."""
+        so = self._find(lun_name)
+        if so is None or so.config != config_string(lun_name):
+            return None
+        return self._describe(so)
+
     def _find(self, name: str) -> Any:
         for so in self._rts.RTSRoot().storage_objects:
             if so.plugin == "user" and so.name == name:

@@ -350,3 +350,34 @@ def test_udev_rule_names_and_protects_the_device(serve):
     out = done.stdout + done.stderr
     assert "/dev/targetcli-preserve/db0" in out, out[-3000:]
     assert re.search(r"MODE 0?600|mode=0?600", out, re.IGNORECASE), out[-3000:]
+
+
+def _uio_of(served: Served, name: str) -> str | None:
+    return served.call("status", name=name)["luns"][0]["tcmu"]["uio"]
+
+
+def _until(what: str, probe, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def test_a_backstore_deleted_and_made_again_is_served_again(serve):
+    """Real uevents through the udev watcher: the daemon lets go of a device the kernel
+    removes, and serves the one an administrator makes again, with the LUN's data."""
+    served = serve("db0:8M")
+    lun = served.json("status", "db0")["luns"][0]
+    _run("qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 64k", served.url(0))
+    admin = lio.Lio()
+    admin.remove(IQN, ["db0"])  # what `targetcli /backstores/user:preserve delete db0` does
+    _until("the daemon to let go of the removed device", lambda: _uio_of(served, "db0") is None)
+    admin.backstore("db0", lun["size"], lun["wwn"], 16384)
+    admin.export(IQN, "0.0.0.0", PORT, {0: "db0"})
+    uio = _until("the daemon to serve the new device", lambda: _uio_of(served, "db0"))
+    out = _run("qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 64k", served.url(0))
+    assert "Pattern verification failed" not in out, out
+    print(f"served again through {uio} after the backstore was made again")
