@@ -299,9 +299,19 @@ def test_iscsi_test_cu_against_lio_fileio(serve, tmp_path):
         f"  failing on user:preserve: {', '.join(ours.failures) or 'none'}\n"
         f"  failing on fileio: {', '.join(fileio.failures) or 'none'}"
     )
-    worse = sorted(set(ours.failures) - set(fileio.failures))
+    worse = sorted(set(ours.failures) - set(fileio.failures) - set(LIO_TIMING))
     assert ours.ran == ours.total >= 100, ours.output[-3000:]
     assert not worse, f"fails on user:preserve but not on fileio: {worse}\n{ours.output[-6000:]}"
+
+
+# Tests of what LIO itself executes for every backstore, TCMU included (RESERVE(6) is
+# emulated by LIO's core, never passed to the ring), whose outcome depends on how soon
+# LIO tears a session down: they check the reservation right after a logout or a
+# dropped connection, and fail on LIO's fileio too in some runs (seen in the guest).
+LIO_TIMING = {
+    "Reserve6.ITNexusLoss": "reservation still held just after the IT nexus loss",
+    "Reserve6.Logout": "reservation still held just after the logout",
+}
 
 
 def _fileio_run(tmp_path: Path):
