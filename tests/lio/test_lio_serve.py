@@ -391,3 +391,55 @@ def test_a_backstore_deleted_and_made_again_is_served_again(serve):
     out = _run("qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 64k", served.url(0))
     assert "Pattern verification failed" not in out, out
     print(f"served again through {uio} after the backstore was made again")
+
+
+def test_beside_a_running_tcmu_runner(serve):
+    """tcmu-runner owns the TCM-USER netlink family and turns on the kernel's reply
+    mode; it answers a device-add for a handler it does not know with an error. The
+    daemon's backstores are made with nl_reply_supported=-1, so they work beside it."""
+    need("tcmu-runner")
+    runner = subprocess.Popen(
+        ["tcmu-runner"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _until(
+            "tcmu-runner to own the TCM-USER netlink family",
+            lambda: runner.poll() is not None or _tcmu_runner_ready(),
+            timeout=90,
+        )
+        assert runner.poll() is None, f"tcmu-runner exited: {runner.stderr.read()}"  # type: ignore[union-attr]
+        served = serve("db0:8M")
+        assert _uio_of(served, "db0")
+        out = _run(
+            "qemu-io",
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x6d 0 1M",
+            "-c",
+            "read -P 0x6d 0 1M",
+            served.url(0),
+        )
+        assert "Pattern verification failed" not in out, out
+    finally:
+        runner.terminate()
+        runner.wait(30)
+
+
+def _tcmu_runner_ready() -> bool:
+    """tcmu-runner has registered with the kernel: it lists its handlers on D-Bus."""
+    done = subprocess.run(
+        [
+            "dbus-send",
+            "--system",
+            "--print-reply",
+            "--dest=org.kernel.TCMUService1",
+            "/org/kernel/TCMUService1",
+            "org.freedesktop.DBus.ObjectManager.GetManagedObjects",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode == 0
