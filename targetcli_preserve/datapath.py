@@ -20,6 +20,7 @@ from typing import Any
 from ._errors import BackendError, PreserveError
 from .catalog import Catalog
 from .clones import Clones, Volumes
+from .driving import Resumed
 from .journal import Journal
 from .preserve import Action, Command, Complete, Cut, Engine, Freeze, Op, Start
 from .preserving import Preserves
@@ -32,6 +33,18 @@ class _Pending:
     payload: Bytes | asyncio.Future[bytes] | None = None
     fua: bool = False
     result: bytes | None = None
+
+
+def _now_or_later(payload: Awaitable[bytes]) -> Bytes | asyncio.Future[bytes]:
+    """Data-Out that is already there (TCMU's, gathered from the ring's data area when
+    awaited) is taken at once; only data still on its way gets a Task."""
+    steps = payload.__await__()
+    try:
+        first = steps.send(None)
+    except StopIteration as ready:
+        data: bytes = ready.value
+        return data
+    return asyncio.ensure_future(Resumed(steps, first))
 
 
 class Datapath:
@@ -75,8 +88,10 @@ class Datapath:
         data: Bytes | asyncio.Future[bytes] | None
         if payload is None or isinstance(payload, (bytes, bytearray, memoryview)):
             data = payload
+        elif isinstance(payload, asyncio.Future):
+            data = payload  # awaited by every target volume
         else:
-            data = asyncio.ensure_future(payload)  # awaited by every target volume
+            data = _now_or_later(payload)
         cmd, actions = self.engine.submit(lun_name, op, start, end)
         pending = _Pending(loop.create_future(), data, fua)
         self._pending[cmd] = pending

@@ -19,7 +19,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from ._errors import UserError
+from ._errors import PreserveError, UserError
 from .lio import Backstore, Lio
 from .scsi.lu import MAX_TRANSFER_BYTES
 from .scsi.target import ScsiTarget
@@ -100,7 +100,9 @@ class KernelTarget:
 
     def _added(self, uio: str, tcmu: TcmuName) -> None:
         name = tcmu.config
-        backstore = self.backstores.get(name)
+        # Ours: named after a served LUN, config preserve/NAME. An administrator may have
+        # deleted and made it again since start (another HBA): look it up afresh.
+        backstore = self.lio.find(name) if name in self.backstores else None
         if backstore is None or tcmu.device != backstore.name or tcmu.hba != backstore.hba:
             log.warning(
                 "%s: user:%s device %s/%s is not one of this daemon's LUNs; left alone",
@@ -114,12 +116,12 @@ class KernelTarget:
             log.warning("%s: LUN %s is already served by %s", uio, name, self.attached[name].uio)
             return
         try:
-            self.lio.reset_ring(backstore)
-            device = UioDevice(uio)
-        except (OSError, UioError) as err:
+            device = UioDevice(uio)  # exclusive: nobody else serves it from here on
+        except UioError as err:
             log.error("%s: cannot serve LUN %s: %s", uio, name, err)
             return
         try:
+            self.lio.reset_ring(backstore)  # what an earlier handler left: BUSY, retried
             ring = TcmuRing(device.map)
             server = RingServer(
                 ring,
@@ -129,9 +131,11 @@ class KernelTarget:
                 on_lost=functools.partial(self._lost, name),
             )
             server.start()
-        except Exception:
+        except (OSError, PreserveError) as err:  # this ring cannot be served; the rest can
             device.close()
-            raise
+            log.error("%s: cannot serve LUN %s: %s", uio, name, err)
+            return
+        self.backstores[name] = backstore
         self.attached[name] = _Attached(uio, device, server)
         log.info("serving LUN %s through LIO: %s, %s", name, uio, backstore.path)
         self._check_all_attached()
@@ -147,15 +151,24 @@ class KernelTarget:
         self._detach_later(name)
 
     def _detach_later(self, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._detach(name))
+        """Forget the LUN's device now (the kernel may hand out the same uio number to
+        the next one at once); finish its commands and close it in the background."""
+        attached = self.attached.pop(name, None)
+        if attached is None:
+            return
+        self._all_attached.clear()
+        task = asyncio.get_running_loop().create_task(self._close_device(attached))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def _detach(self, name: str) -> None:
         attached = self.attached.pop(name, None)
-        if attached is None:
-            return
-        self._all_attached.clear()
+        if attached is not None:
+            self._all_attached.clear()
+            await self._close_device(attached)
+
+    @staticmethod
+    async def _close_device(attached: _Attached) -> None:
         try:
             await attached.server.close()
         finally:
