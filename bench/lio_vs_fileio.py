@@ -100,6 +100,7 @@ class Run:
     guest_cpu_pct: float  # all vCPUs busy over the run, in % of one vCPU (up to 100 x cpus)
     daemon_cpu_pct: float | None = None  # the daemon process (all threads), user:preserve
     daemon_loop_cpu_pct: float | None = None  # its main thread: the event loop
+    daemon_sys_cpu_pct: float | None = None  # the kernel's part of the daemon's (all threads)
 
 
 @dataclass
@@ -132,23 +133,25 @@ def _guest_cpu() -> tuple[int, int]:
     return total - fields[3] - fields[4], total
 
 
-def _cpu_seconds(stat_file: Path) -> float:
-    """utime + stime from a /proc stat file, in seconds."""
+def _cpu_seconds(stat_file: Path) -> tuple[float, float]:
+    """(utime, stime) from a /proc stat file, in seconds."""
     after_comm = stat_file.read_text().rsplit(")", 1)[1].split()
-    return (int(after_comm[11]) + int(after_comm[12])) / _TICK
+    return int(after_comm[11]) / _TICK, int(after_comm[12]) / _TICK
 
 
-def _process_cpu(pid: int | None) -> tuple[float, float] | None:
-    """CPU seconds of a process: (all its threads, its main thread). The daemon's main
-    thread runs the event loop; the others are the volume I/O pool."""
+def _process_cpu(pid: int | None) -> tuple[float, float, float] | None:
+    """CPU seconds of a process: all its threads, their system (kernel) part, and its
+    main thread alone. The daemon's main thread runs the event loop; the others are the
+    volume I/O pool. System time includes what the kernel does for TCMU in the daemon's
+    system calls (the doorbell write completes the answered commands)."""
     if pid is None:
         return None
     try:
-        return _cpu_seconds(Path(f"/proc/{pid}/stat")), _cpu_seconds(
-            Path(f"/proc/{pid}/task/{pid}/stat")
-        )
+        user, system = _cpu_seconds(Path(f"/proc/{pid}/stat"))
+        main = sum(_cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat")))
     except OSError:
         return None
+    return user + system, system, main
 
 
 # -- the kernel initiator -----------------------------------------------------------------
@@ -228,10 +231,9 @@ def measure(
     cpu1, proc1, wall = _guest_cpu(), _process_cpu(pid), time.monotonic() - t0
     busy = 100.0 * (os.cpu_count() or 1) * (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])
     # over fio's whole run, ramp included: the same window as the guest's share
-    pct = loop = None
+    pct = loop = system = None
     if proc0 is not None and proc1 is not None:
-        pct = round(100.0 * (proc1[0] - proc0[0]) / wall, 1)
-        loop = round(100.0 * (proc1[1] - proc0[1]) / wall, 1)
+        pct, system, loop = (round(100.0 * (b - a) / wall, 1) for a, b in zip(proc0, proc1))
     pcts = side["clat_ns"].get("percentile", {})
     run = Run(
         backend=backend,
@@ -244,11 +246,16 @@ def measure(
         guest_cpu_pct=round(busy, 1),
         daemon_cpu_pct=pct,
         daemon_loop_cpu_pct=loop,
+        daemon_sys_cpu_pct=system,
     )
     say(
         f"round {r} {backend:13} {w.name:22} {run.iops:9.0f} IOPS {run.mib_s:8.1f} MiB/s "
         f"lat {run.lat_mean_us:8.0f} us, guest CPU {run.guest_cpu_pct:.0f}%"
-        + (f", daemon CPU {pct:.0f}% (loop {loop:.0f}%)" if pct is not None else "")
+        + (
+            f", daemon CPU {pct:.0f}% (loop thread {loop:.0f}%, kernel {system:.0f}%)"
+            if pct is not None
+            else ""
+        )
     )
     return run
 
@@ -328,7 +335,7 @@ class Bench:
             target = rts.Target(rts.FabricModule("iscsi"), FILEIO_IQN)
             tpg = rts.TPG(target, 1)
             # the daemon's TPG settings (lio.py), so that only the backstore differs
-            for name, value in lio._TPG_ATTRIBUTES.items():
+            for name, value in lio.DEMO_MODE.items():
                 tpg.set_attribute(name, value)
             for name, value in lio._TPG_PARAMETERS.items():
                 tpg.set_parameter(name, value)
@@ -485,7 +492,9 @@ def facts(args: argparse.Namespace, backing: Path) -> dict[str, object]:
         ),
         "?",
     )
+    commit = Path(os.environ.get("GUEST_RUN", "/nonexistent"), "commit")  # scripts/bench-lio
     return {
+        "commit": commit.read_text().strip() if commit.is_file() else "?",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
@@ -553,7 +562,8 @@ def table(results: Results, rows: list[Row]) -> str:
     f = results.facts
     lines = [
         (
-            f"{f['date']}, kernel {f['kernel']}, {f['cpus']} vCPUs, {f['size_mib']} MiB file "
+            f"{f['date']}, commit {f['commit']}, kernel {f['kernel']}, {f['cpus']} vCPUs, "
+            f"{f['size_mib']} MiB file "
             f"on {f['backing_fs']}, fio {f['seconds']:g} s (+{f['ramp_seconds']:g} s ramp) per "
             f"run, {f['rounds']} rounds, medians"
         ),
@@ -569,11 +579,12 @@ def table(results: Results, rows: list[Row]) -> str:
         )
     lines += [
         "",
-        "Every round (MiB/s; guest CPU busy, % of one vCPU; the daemon's CPU, all threads):",
+        "Every round: MiB/s; the guest's CPU busy, in % of one vCPU; the daemon's CPU, all",
+        "threads, and in brackets its event loop's thread and the kernel's part (system time):",
         "",
         (
             "| workload | round | user:preserve | fileio | ratio "
-            "| guest CPU preserve / fileio | daemon CPU (its loop thread) |"
+            "| guest CPU preserve / fileio | daemon CPU (loop, kernel) |"
         ),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -587,7 +598,8 @@ def table(results: Results, rows: list[Row]) -> str:
             lines.append(
                 f"| {w.name} | {p.round} | {p.mib_s:,.1f} | {q.mib_s:,.1f} "
                 f"| {p.mib_s / q.mib_s:.2f} | {p.guest_cpu_pct:.0f}% / {q.guest_cpu_pct:.0f}% "
-                f"| {p.daemon_cpu_pct or 0:.0f}% ({p.daemon_loop_cpu_pct or 0:.0f}%) |"
+                f"| {p.daemon_cpu_pct or 0:.0f}% ({p.daemon_loop_cpu_pct or 0:.0f}%, "
+                f"{p.daemon_sys_cpu_pct or 0:.0f}%) |"
             )
     lines.append("")
     return "\n".join(lines)
