@@ -17,7 +17,10 @@ immediate data up to 256 KiB). The initiator is the guest's kernel initiator (is
 on 127.0.0.1, ``/dev/sdX``) driven by fio: O_DIRECT, libaio, fixed queue depth, fixed
 size, time-based. Four workloads per backend session; the backends swap order every
 round (ABBA...) so that drift in a shared host does not favour one side; the report
-gives per-round figures and their medians, and the ratio user:preserve / fileio.
+gives per-round figures and their medians, and the ratio user:preserve / fileio. Beside
+throughput it records what an I/O costs: the guest's CPU time (``/proc/stat``: busy,
+kernel, context switches) and the daemon's (``/proc/PID``: all threads, the event
+loop's thread, the kernel's part), per I/O.
 
     bench/lio_vs_fileio.py [--seconds 12] [--ramp 2] [--rounds 3] [--size-mib 256]
                            [--json PATH] [--profile randwrite]
@@ -98,6 +101,8 @@ class Run:
     lat_mean_us: float
     lat_p99_us: float
     guest_cpu_pct: float  # all vCPUs busy over the run, in % of one vCPU (up to 100 x cpus)
+    guest_kernel_pct: float  # the kernel's part of it (system, irq, softirq)
+    ctxt_per_io: float  # the guest's context switches per I/O
     daemon_cpu_pct: float | None = None  # the daemon process (all threads), user:preserve
     daemon_loop_cpu_pct: float | None = None  # its main thread: the event loop
     daemon_sys_cpu_pct: float | None = None  # the kernel's part of the daemon's (all threads)
@@ -126,11 +131,23 @@ def _run(*argv: str, timeout: float = 120) -> str:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _guest_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs (idle and iowait are not busy)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    return total - fields[3] - fields[4], total
+@dataclass(frozen=True)
+class GuestCpu:
+    """The guest's /proc/stat counters: jiffies of all CPUs, context switches."""
+
+    busy: int  # all but idle and iowait
+    kernel: int  # system, irq, softirq
+    total: int
+    ctxt: int
+
+    @classmethod
+    def now(cls) -> GuestCpu:
+        lines = Path("/proc/stat").read_text().splitlines()
+        f = [
+            int(x) for x in lines[0].split()[1:9]
+        ]  # user nice system idle iowait irq softirq steal
+        ctxt = next(int(line.split()[1]) for line in lines if line.startswith("ctxt "))
+        return cls(sum(f) - f[3] - f[4], f[2] + f[5] + f[6], sum(f), ctxt)
 
 
 def _cpu_seconds(stat_file: Path) -> tuple[float, float]:
@@ -226,10 +243,12 @@ def fio(dev: str, w: Workload, size: int, seconds: float, ramp: float) -> dict:
 def measure(
     backend: str, pid: int | None, dev: str, w: Workload, r: int, args: argparse.Namespace
 ) -> Run:
-    cpu0, proc0, t0 = _guest_cpu(), _process_cpu(pid), time.monotonic()
+    cpu0, proc0, t0 = GuestCpu.now(), _process_cpu(pid), time.monotonic()
     side = fio(dev, w, args.size_mib * MIB, args.seconds, args.ramp)
-    cpu1, proc1, wall = _guest_cpu(), _process_cpu(pid), time.monotonic() - t0
-    busy = 100.0 * (os.cpu_count() or 1) * (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])
+    cpu1, proc1, wall = GuestCpu.now(), _process_cpu(pid), time.monotonic() - t0
+    # rates over fio's whole run (ramp included); per I/O: divided by the measured IOPS
+    share = 100.0 * (os.cpu_count() or 1) / max(1, cpu1.total - cpu0.total)
+    busy = share * (cpu1.busy - cpu0.busy)
     # over fio's whole run, ramp included: the same window as the guest's share
     pct = loop = system = None
     if proc0 is not None and proc1 is not None:
@@ -244,6 +263,8 @@ def measure(
         lat_mean_us=side["lat_ns"]["mean"] / 1000,
         lat_p99_us=pcts.get("99.000000", 0) / 1000,
         guest_cpu_pct=round(busy, 1),
+        guest_kernel_pct=round(share * (cpu1.kernel - cpu0.kernel), 1),
+        ctxt_per_io=round((cpu1.ctxt - cpu0.ctxt) / wall / max(side["iops"], 1e-9), 1),
         daemon_cpu_pct=pct,
         daemon_loop_cpu_pct=loop,
         daemon_sys_cpu_pct=system,
@@ -521,6 +542,13 @@ class Median:
     lat_mean_us: float
     guest_cpu_pct: float
     rounds_mib_s: list[float]  # every round's figure, in round order
+    # what one I/O costs: ms of vCPU time in the whole guest, its kernel part, in the
+    # daemon (user:preserve only) and the daemon's kernel part; context switches
+    cpu_ms_per_io: float
+    kernel_ms_per_io: float
+    daemon_ms_per_io: float | None
+    daemon_kernel_ms_per_io: float | None
+    ctxt_per_io: float
 
 
 @dataclass
@@ -532,6 +560,14 @@ class Row:
     ratio: float  # preserve / fileio, of the medians
 
 
+def _per_io(runs: list[Run], attr: str) -> float | None:
+    """The median over rounds of a CPU share (% of one vCPU) per I/O, in ms."""
+    values = [getattr(r, attr) for r in runs]
+    if None in values:
+        return None
+    return statistics.median(10.0 * v / r.iops for v, r in zip(values, runs))
+
+
 def _median(runs: list[Run]) -> Median:
     return Median(
         iops=statistics.median(r.iops for r in runs),
@@ -539,6 +575,11 @@ def _median(runs: list[Run]) -> Median:
         lat_mean_us=statistics.median(r.lat_mean_us for r in runs),
         guest_cpu_pct=statistics.median(r.guest_cpu_pct for r in runs),
         rounds_mib_s=[round(r.mib_s, 2) for r in runs],
+        cpu_ms_per_io=_per_io(runs, "guest_cpu_pct") or 0.0,
+        kernel_ms_per_io=_per_io(runs, "guest_kernel_pct") or 0.0,
+        daemon_ms_per_io=_per_io(runs, "daemon_cpu_pct"),
+        daemon_kernel_ms_per_io=_per_io(runs, "daemon_sys_cpu_pct"),
+        ctxt_per_io=statistics.median(r.ctxt_per_io for r in runs),
     )
 
 
@@ -576,6 +617,26 @@ def table(results: Results, rows: list[Row]) -> str:
         lines.append(
             f"| {row.name} | {p.mib_s:,.1f} | {p.iops:,.0f} | {q.mib_s:,.1f} | {q.iops:,.0f} "
             f"| {row.ratio:.2f}x |"
+        )
+    lines += [
+        "",
+        "What one I/O costs (medians over the rounds): ms of vCPU time in the whole guest",
+        "(fio, initiator, LIO, the backstore) and its kernel part, the daemon's share of it",
+        "and that share's kernel part, and the guest's context switches:",
+        "",
+        (
+            "| workload | guest ms/IO preserve / fileio | kernel ms/IO preserve / fileio "
+            "| daemon ms/IO (kernel) | switches/IO preserve / fileio |"
+        ),
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        p, q = row.preserve, row.fileio
+        lines.append(
+            f"| {row.name} | {p.cpu_ms_per_io:.2f} / {q.cpu_ms_per_io:.2f} "
+            f"| {p.kernel_ms_per_io:.2f} / {q.kernel_ms_per_io:.2f} "
+            f"| {p.daemon_ms_per_io or 0:.2f} ({p.daemon_kernel_ms_per_io or 0:.2f}) "
+            f"| {p.ctxt_per_io:.1f} / {q.ctxt_per_io:.1f} |"
         )
     lines += [
         "",
