@@ -10,10 +10,12 @@ one session, CmdSN order) and the kernel's own initiator (iscsiadm, ``/dev/sdX``
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from helpers.served import IQN, Served, qemu_img_read
 from helpers.skips import need, not_applicable
 
 from targetcli_preserve import lio
+from targetcli_preserve.tcmu import netlink
 
 PORT = 3260
 MIB = 1 << 20
@@ -351,3 +354,105 @@ def test_udev_rule_names_and_protects_the_device(serve):
     out = done.stdout + done.stderr
     assert "/dev/targetcli-preserve/db0" in out, out[-3000:]
     assert re.search(r"MODE 0?600|mode=0?600", out, re.IGNORECASE), out[-3000:]
+
+
+# -- TCM-USER netlink: a reconfiguration of the LUN's backstore ---------------------------
+
+TCMU_PARAMETERS = Path("/sys/module/target_core_user/parameters")
+
+
+def _configfs_write(path: Path, value: str, timeout: float = 30) -> int:
+    """Write ``value`` to a configfs file from a child process: its errno, 0 for success.
+
+    A child, because a write the kernel waits on sleeps uninterruptibly until a netlink
+    reply comes: if none does, the module's block_netlink and reset_netlink end the
+    wait (-EINTR) and the test fails instead of hanging the guest."""
+    code = (
+        "import os, sys\n"
+        "try:\n"
+        "    fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+        "    os.write(fd, sys.argv[2].encode())\n"
+        "except OSError as err:\n"
+        "    sys.exit(err.errno)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(path), value])
+    try:
+        return child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        (TCMU_PARAMETERS / "block_netlink").write_text("1")
+        try:
+            (TCMU_PARAMETERS / "reset_netlink").write_text("1")
+        finally:
+            (TCMU_PARAMETERS / "block_netlink").write_text("0")
+        child.wait(30)
+        pytest.fail(f"{value} > {path}: no netlink reply within {timeout} s")
+
+
+def _log_line(served: Served, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(served.output):
+            if text in line:
+                return line.strip()
+        time.sleep(0.2)
+    raise AssertionError(f"the daemon did not log {text!r}:\n{''.join(served.output)[-3000:]}")
+
+
+def _capacity(served: Served) -> int:
+    return int(_run("iscsi-readcapacity16", "-s", served.url(0)).split()[-1])
+
+
+def test_a_reconfigured_backstore_keeps_the_luns_size(serve):
+    """attrib/dev_size makes the kernel send RECONFIG_DEVICE (the control file's
+    dev_size= does not); the daemon logs it, refuses it when the kernel waits for its
+    answer, and READ CAPACITY always reports the LUN's own size."""
+    size = 16 * MIB
+    served = serve("db0:16M")
+    device = next(Path("/sys/kernel/config/target/core").glob("user_*/db0"))
+    attrib = device / "attrib"
+    assert (attrib / "nl_reply_supported").read_text().strip() == "-1"
+    assert _capacity(served) == size
+
+    # The kernel does not wait (nl_reply_supported -1): LIO takes the size, the daemon
+    # says so, the initiators still see the LUN's size.
+    assert _configfs_write(attrib / "dev_size", str(2 * size)) == 0
+    print(_log_line(served, f"LIO's dev_size {2 * size} was set without waiting"))
+    assert _capacity(served) == size
+    assert _configfs_write(attrib / "dev_size", str(size)) == 0
+    print(_log_line(served, f"LIO's dev_size set to {size}, the LUN's size"))
+    # control's dev_size= changes LIO's value without an event
+    lines = len(served.output)
+    assert _configfs_write(device / "control", f"dev_size={2 * size}") == 0
+    assert f"Size: {2 * size} " in (device / "info").read_text()
+    assert _configfs_write(device / "control", f"dev_size={size}") == 0
+    time.sleep(2)
+    assert not [line for line in served.output[lines:] if "dev_size" in line]
+
+    # The kernel waits (reply mode on, as tcmu-runner sets it, and nl_reply_supported 1):
+    # the daemon's answer decides.
+    (attrib / "nl_reply_supported").write_text("1")
+    netlink.set_reply_mode(True)
+    try:
+        assert _configfs_write(attrib / "dev_size", str(2 * size)) == errno.EINVAL
+        assert (attrib / "dev_size").read_text().strip() == str(size)
+        assert _configfs_write(attrib / "dev_config", "preserve/other") == errno.EINVAL
+        assert _configfs_write(attrib / "emulate_write_cache", "1") == 0
+        assert _configfs_write(attrib / "dev_size", str(size)) == 0
+    finally:
+        netlink.set_reply_mode(False)
+        (attrib / "nl_reply_supported").write_text("-1")
+    print(_log_line(served, f"refused LIO's dev_size {2 * size}"))
+    print(_log_line(served, "refused LIO's dev_config 'preserve/other'"))
+    print(_log_line(served, "LIO's emulate_write_cache set to 1"))
+    assert _capacity(served) == size
+    assert (
+        (Path("/sys/class/uio") / served.json("status", "db0")["luns"][0]["tcmu"]["uio"] / "name")
+        .read_text()
+        .strip()
+        .endswith("/preserve/db0")
+    )
+
+    # Nobody listening any more: the kernel refuses a reconfiguration with ESRCH.
+    served.stop()
+    assert _configfs_write(attrib / "dev_size", str(2 * size)) == errno.ESRCH
+    assert (attrib / "dev_size").read_text().strip() == str(size)
