@@ -29,11 +29,17 @@ answered: tcmu-runner or their own daemon owns them.
 
 An answer is sent only when the kernel may be waiting for it, and the kernel cannot be
 asked whether it is: its reply mode has no sysfs file. What can be read is the device's
-``nl_reply_supported`` (lio.py), read at each event (the last value seen once a removed
-device's directory is gone): <= 0 means the kernel never waits and nothing is sent;
+``nl_reply_supported`` (lio.py): <= 0 means the kernel never waits and nothing is sent;
 > 0 means it waits if tcmu-runner (or any client) turned the reply mode on, so the
 answer is sent; if the mode is off, the kernel refuses it with -ENODEV and logs a line,
 which costs nothing else, while a missing answer would leave the writer asleep for good.
+The value is read when the daemon starts and when it attaches the device, never while
+handling an event: during a removal the device's configfs directory is locked by the
+rmdir that waits for the answer, so a read then would wait for the rmdir, and the rmdir
+for the daemon (the LIO guest showed it). A change of ``nl_reply_supported`` while the
+daemon serves the device is therefore seen only at the next start or attach; if it
+leaves a configfs write waiting for an answer that does not come, the module parameters
+``block_netlink`` then ``reset_netlink`` end the wait.
 With tcmu-runner running in reply mode it answers too (0 for a removal, -ENODEV for a
 reconfiguration of a device it does not serve), and the first answer wins.
 
@@ -104,7 +110,7 @@ class KernelTarget:
         """Make or find the LUNs' backstores (name -> (size, WWN)) and export them."""
         for name, (size, wwn) in luns.items():
             self.backstores[name] = self.lio.backstore(name, size, wwn, MAX_TRANSFER_BYTES // 512)
-            self._kernel_waits(name)  # remembered for when the device is being removed
+            self._read_nl_reply(name)
         host, port = self.portal
         self.lio.export(
             self.iqn, host, port, {self.lun_numbers[name]: name for name in self.backstores}
@@ -167,6 +173,7 @@ class KernelTarget:
         if name in self.attached:
             log.warning("%s: LUN %s is already served by %s", uio, name, self.attached[name].uio)
             return
+        self._read_nl_reply(name)
         try:
             device = UioDevice(uio)  # exclusive: nobody else serves it from here on
         except UioError as err:
@@ -280,12 +287,15 @@ class KernelTarget:
         return -errno.EINVAL
 
     def _kernel_waits(self, name: str) -> bool:
-        """Whether the kernel may wait for an answer about LUN ``name``'s device."""
+        """Whether the kernel may wait for an answer about LUN ``name``'s device (from
+        the value read at start or attach: no configfs access here, see above)."""
+        return self._nl_reply.get(name, 1) > 0  # unknown: answer (see the docstring)
+
+    def _read_nl_reply(self, name: str) -> None:
         try:
             self._nl_reply[name] = self.backstores[name].nl_reply_supported()
-        except OSError:
-            pass  # a device being removed has no attrib directory: the last value read
-        return self._nl_reply.get(name, 1) > 0  # unknown: answer (see the docstring)
+        except OSError as err:
+            log.warning("LUN %s: cannot read nl_reply_supported: %s", name, err)
 
     def _check_all_attached(self) -> None:
         if self.backstores and set(self.backstores) <= set(self.attached):

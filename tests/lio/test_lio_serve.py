@@ -361,21 +361,26 @@ def test_udev_rule_names_and_protects_the_device(serve):
 TCMU_PARAMETERS = Path("/sys/module/target_core_user/parameters")
 
 
-def _configfs_write(path: Path, value: str, timeout: float = 30) -> int:
-    """Write ``value`` to a configfs file from a child process: its errno, 0 for success.
+def _configfs_write(path: Path, value: str | None, timeout: float = 30) -> int:
+    """Write ``value`` to a configfs file (None: remove the directory ``path``) from a
+    child process: its errno, 0 for success.
 
-    A child, because a write the kernel waits on sleeps uninterruptibly until a netlink
-    reply comes: if none does, the module's block_netlink and reset_netlink end the
-    wait (-EINTR) and the test fails instead of hanging the guest."""
+    A child, because a write or rmdir the kernel waits on sleeps uninterruptibly until a
+    netlink reply comes: if none does, the module's block_netlink and reset_netlink end
+    the wait (-EINTR) and the test fails instead of hanging the guest."""
     code = (
         "import os, sys\n"
         "try:\n"
-        "    fd = os.open(sys.argv[1], os.O_WRONLY)\n"
-        "    os.write(fd, sys.argv[2].encode())\n"
+        "    if len(sys.argv) == 2:\n"
+        "        os.rmdir(sys.argv[1])\n"
+        "    else:\n"
+        "        fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+        "        os.write(fd, sys.argv[2].encode())\n"
         "except OSError as err:\n"
         "    sys.exit(err.errno)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code, str(path), value])
+    argv = [sys.executable, "-c", code, str(path)] + ([] if value is None else [value])
+    child = subprocess.Popen(argv)
     try:
         return child.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -385,27 +390,38 @@ def _configfs_write(path: Path, value: str, timeout: float = 30) -> int:
         finally:
             (TCMU_PARAMETERS / "block_netlink").write_text("0")
         child.wait(30)
-        pytest.fail(f"{value} > {path}: no netlink reply within {timeout} s")
+        pytest.fail(f"{value or 'rmdir'} > {path}: no netlink reply within {timeout} s")
 
 
-def _log_line(served: Served, text: str, timeout: float = 30) -> str:
+def _log_line(served: Served, *texts: str, timeout: float = 30) -> str:
+    """The first line of the daemon's output that holds one of ``texts``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in list(served.output):
-            if text in line:
+            if any(text in line for text in texts):
                 return line.strip()
         time.sleep(0.2)
-    raise AssertionError(f"the daemon did not log {text!r}:\n{''.join(served.output)[-3000:]}")
+    raise AssertionError(f"the daemon did not log {texts}:\n{''.join(served.output)[-3000:]}")
 
 
 def _capacity(served: Served) -> int:
     return int(_run("iscsi-readcapacity16", "-s", served.url(0)).split()[-1])
 
 
-def test_a_reconfigured_backstore_keeps_the_luns_size(serve):
+def _unmap(device: Path) -> None:
+    """Take the backstore ``device`` off its LUN (LIO removes no backstore in use)."""
+    for lun in Path(f"/sys/kernel/config/target/iscsi/{IQN}/tpgt_1/lun").iterdir():
+        links = [link for link in lun.iterdir() if link.is_symlink()]
+        if any(link.resolve() == device.resolve() for link in links):
+            for link in links:
+                link.unlink()
+            lun.rmdir()
+
+
+def test_backstore_changes_reach_the_daemon_by_netlink(serve):
     """attrib/dev_size makes the kernel send RECONFIG_DEVICE (the control file's
     dev_size= does not); the daemon logs it, refuses it when the kernel waits for its
-    answer, and READ CAPACITY always reports the LUN's own size."""
+    answer, answers a removal, and READ CAPACITY always reports the LUN's own size."""
     size = 16 * MIB
     served = serve("db0:16M")
     device = next(Path("/sys/kernel/config/target/core").glob("user_*/db0"))
@@ -428,9 +444,16 @@ def test_a_reconfigured_backstore_keeps_the_luns_size(serve):
     time.sleep(2)
     assert not [line for line in served.output[lines:] if "dev_size" in line]
 
-    # The kernel waits (reply mode on, as tcmu-runner sets it, and nl_reply_supported 1):
-    # the daemon's answer decides.
+    # Nobody listening: the kernel refuses a reconfiguration with ESRCH.
+    served.stop()
+    assert _configfs_write(attrib / "dev_size", str(2 * size)) == errno.ESRCH
+    assert (attrib / "dev_size").read_text().strip() == str(size)
+
+    # The kernel waits (reply mode on, as tcmu-runner sets it, and nl_reply_supported 1,
+    # which the daemon reads when it starts): the daemon's answer decides.
     (attrib / "nl_reply_supported").write_text("1")
+    served.start(timeout=120)
+    uio = served.json("status", "db0")["luns"][0]["tcmu"]["uio"]
     netlink.set_reply_mode(True)
     try:
         assert _configfs_write(attrib / "dev_size", str(2 * size)) == errno.EINVAL
@@ -438,21 +461,23 @@ def test_a_reconfigured_backstore_keeps_the_luns_size(serve):
         assert _configfs_write(attrib / "dev_config", "preserve/other") == errno.EINVAL
         assert _configfs_write(attrib / "emulate_write_cache", "1") == 0
         assert _configfs_write(attrib / "dev_size", str(size)) == 0
+        assert _capacity(served) == size
+        name = (Path("/sys/class/uio") / uio / "name").read_text().strip()
+        assert name.endswith("/db0/preserve/db0"), name
+        # a removal waits for the daemon's answer too (without one, rmdir would sleep)
+        _unmap(device)
+        assert _configfs_write(device, None) == 0
     finally:
         netlink.set_reply_mode(False)
-        (attrib / "nl_reply_supported").write_text("-1")
+    assert not device.exists()
     print(_log_line(served, f"refused LIO's dev_size {2 * size}"))
     print(_log_line(served, "refused LIO's dev_config 'preserve/other'"))
     print(_log_line(served, "LIO's emulate_write_cache set to 1"))
-    assert _capacity(served) == size
-    assert (
-        (Path("/sys/class/uio") / served.json("status", "db0")["luns"][0]["tcmu"]["uio"] / "name")
-        .read_text()
-        .strip()
-        .endswith("/preserve/db0")
+    # the device is gone: the udev event or the ring's EIO, whichever comes first
+    print(
+        _log_line(
+            served,
+            f"{uio}: the TCMU device of LUN db0 was removed",
+            "LUN db0: its TCMU ring cannot be served any more",
+        )
     )
-
-    # Nobody listening any more: the kernel refuses a reconfiguration with ESRCH.
-    served.stop()
-    assert _configfs_write(attrib / "dev_size", str(2 * size)) == errno.ESRCH
-    assert (attrib / "dev_size").read_text().strip() == str(size)

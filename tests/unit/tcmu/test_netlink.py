@@ -425,13 +425,27 @@ def test_a_refused_size_is_a_warning_naming_the_lun(tmp_path, caplog):
     assert f"echo {LUN_SIZE} > {tmp_path}/b/user_1/db0/attrib/dev_size" in happened
 
 
-def test_a_removed_device_uses_the_last_value_read(tmp_path):
+def test_the_value_read_at_start_decides(tmp_path):
+    """No configfs read while an event is handled: during a removal the rmdir that
+    waits for the answer holds the device's directory (kernel_target.py)."""
     for nl_reply, answer in ((1, 0), (-1, None)):
         kt = policy(tmp_path / str(nl_reply), nl_reply)
         attrib = kt.backstores["db0"].path / "attrib"
+        (attrib / "nl_reply_supported").write_text(f"{-nl_reply}\n")
+        assert kt.netlink_event(ev(Kind.RECONFIG, writecache=True)) == answer
         (attrib / "nl_reply_supported").unlink()
         attrib.rmdir()  # configfs removes the directory before the kernel's REMOVED event
         assert kt.netlink_event(ev(Kind.REMOVED)) == answer
+
+
+def test_attaching_the_device_reads_it_again(tmp_path, caplog):
+    kt = policy(tmp_path, -1)
+    (kt.backstores["db0"].path / "attrib" / "nl_reply_supported").write_text("1\n")
+    assert kt.netlink_event(ev(Kind.REMOVED)) is None
+    with caplog.at_level(logging.ERROR, logger="targetcli_preserve.kernel_target"):
+        kt._added("uio99", TcmuName(1, "db0", "preserve", "db0"))  # no such uio here
+    assert "cannot serve LUN db0" in caplog.text
+    assert kt.netlink_event(ev(Kind.REMOVED)) == 0
 
 
 def test_an_unknown_setting_is_answered(tmp_path):
