@@ -108,7 +108,7 @@ class Daemon:
         if cfg.lio:
             reason = lio.unavailable()  # before any file exists, like a portal in use
             if reason is not None:
-                raise UserError(reason)
+                raise lio.LioError(reason)
         else:
             server = IscsiServer(cfg.host, cfg.port, {})
             await server.listen()  # a portal in use fails here, before any file exists

@@ -110,7 +110,7 @@ class KernelTarget:
         """Make or find the LUNs' backstores (name -> (size, WWN)) and export them."""
         for name, (size, wwn) in luns.items():
             self.backstores[name] = self.lio.backstore(name, size, wwn, MAX_TRANSFER_BYTES // 512)
-            self._read_nl_reply(name)
+            self._read_nl_reply(name, self.backstores[name])
         host, port = self.portal
         self.lio.export(
             self.iqn, host, port, {self.lun_numbers[name]: name for name in self.backstores}
@@ -160,7 +160,10 @@ class KernelTarget:
 
     def _added(self, uio: str, tcmu: TcmuName) -> None:
         name = tcmu.config
-        if self._lun_of(tcmu) is None:
+        # Ours: named after a served LUN, config preserve/NAME. An administrator may have
+        # deleted and made it again since start (another HBA): look it up afresh.
+        backstore = self.lio.find(name) if name in self.backstores else None
+        if backstore is None or tcmu.device != backstore.name or tcmu.hba != backstore.hba:
             log.warning(
                 "%s: user:%s device %s/%s is not one of this daemon's LUNs; left alone",
                 uio,
@@ -169,11 +172,10 @@ class KernelTarget:
                 tcmu.config,
             )
             return
-        backstore = self.backstores[name]
         if name in self.attached:
             log.warning("%s: LUN %s is already served by %s", uio, name, self.attached[name].uio)
             return
-        self._read_nl_reply(name)
+        self._read_nl_reply(name, backstore)
         try:
             device = UioDevice(uio)  # exclusive: nobody else serves it from here on
         except UioError as err:
@@ -194,6 +196,7 @@ class KernelTarget:
             device.close()
             log.error("%s: cannot serve LUN %s: %s", uio, name, err)
             return
+        self.backstores[name] = backstore
         self.attached[name] = _Attached(uio, device, server)
         log.info("serving LUN %s through LIO: %s, %s", name, uio, backstore.path)
         self._check_all_attached()
@@ -209,15 +212,24 @@ class KernelTarget:
         self._detach_later(name)
 
     def _detach_later(self, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._detach(name))
+        """Forget the LUN's device now (the kernel may hand out the same uio number to
+        the next one at once); finish its commands and close it in the background."""
+        attached = self.attached.pop(name, None)
+        if attached is None:
+            return
+        self._all_attached.clear()
+        task = asyncio.get_running_loop().create_task(self._close_device(attached))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def _detach(self, name: str) -> None:
         attached = self.attached.pop(name, None)
-        if attached is None:
-            return
-        self._all_attached.clear()
+        if attached is not None:
+            self._all_attached.clear()
+            await self._close_device(attached)
+
+    @staticmethod
+    async def _close_device(attached: _Attached) -> None:
         try:
             await attached.server.close()
         finally:
@@ -291,9 +303,9 @@ class KernelTarget:
         the value read at start or attach: no configfs access here, see above)."""
         return self._nl_reply.get(name, 1) > 0  # unknown: answer (see the docstring)
 
-    def _read_nl_reply(self, name: str) -> None:
+    def _read_nl_reply(self, name: str, backstore: Backstore) -> None:
         try:
-            self._nl_reply[name] = self.backstores[name].nl_reply_supported()
+            self._nl_reply[name] = backstore.nl_reply_supported()
         except OSError as err:
             log.warning("LUN %s: cannot read nl_reply_supported: %s", name, err)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import UserError
+from ._errors import PreserveError
 
 SUBTYPE = "preserve"
 CONFIGFS = Path("/sys/kernel/config/target")
@@ -38,7 +38,7 @@ TPG_TAG = 1
 # No netlink reply: see the module docstring (target_core_user.c, nl_reply_supported).
 _CONTROL = "nl_reply_supported=-1"
 # Demo mode (RFC 7143 leaves access control to the target): what the built-in target does.
-_TPG_ATTRIBUTES = {
+DEMO_MODE = {
     "generate_node_acls": "1",
     "cache_dynamic_acls": "1",
     "authentication": "0",
@@ -54,8 +54,9 @@ _TPG_PARAMETERS = {
 _SIZE = re.compile(r"(?<![A-Za-z])Size: *(\d+)")  # "Size:", not "SectorSize:"
 
 
-class LioError(UserError):
-    """LIO cannot do what was asked; the message says what to do."""
+class LioError(PreserveError):
+    """LIO cannot do what was asked here (exit status 1, like a portal in use); the
+    message says what is missing or in the way."""
 
 
 def unavailable() -> str | None:
@@ -140,6 +141,14 @@ class Lio:
             raise LioError(f"LIO backstore user/{lun_name} has unit serial {so.wwn}, not {wwn}")
         return found
 
+    def find(self, lun_name: str) -> Backstore | None:
+        """The LUN's backstore as configfs has it now (it may have been made again since
+        :meth:`backstore`: another HBA index), or None."""
+        so = self._find(lun_name)
+        if so is None or so.config != config_string(lun_name):
+            return None
+        return self._describe(so)
+
     def _find(self, name: str) -> Any:
         for so in self._rts.RTSRoot().storage_objects:
             if so.plugin == "user" and so.name == name:
@@ -164,7 +173,7 @@ class Lio:
         try:
             target = rts.Target(rts.FabricModule("iscsi"), iqn, mode="any")
             tpg = rts.TPG(target, TPG_TAG, mode="any")
-            for name, value in _TPG_ATTRIBUTES.items():
+            for name, value in DEMO_MODE.items():
                 tpg.set_attribute(name, value)
             for name, value in _TPG_PARAMETERS.items():
                 tpg.set_parameter(name, value)

@@ -243,6 +243,19 @@ def test_serve_on_a_busy_portal_exits_1(state_dir: Path, capsys) -> None:
     assert not (state_dir / "control.sock").exists()
 
 
+def test_serve_lio_without_lio_says_what_is_missing(
+    state_dir: Path, capsys, monkeypatch, tmp_path: Path
+) -> None:
+    """serve --lio where LIO cannot serve: one line naming what is missing, nothing made."""
+    from targetcli_preserve import lio
+
+    monkeypatch.setattr(lio, "CONFIGFS", tmp_path / "no-configfs")
+    code, _, err = run_cli(capsys, "--state-dir", str(state_dir), "serve", "--lio")
+    assert code == 1
+    assert "no LIO" in err and "configfs" in err and len(err.strip().splitlines()) == 1
+    assert not (state_dir / "journal").exists() and not (state_dir / "daemon.lock").exists()
+
+
 # ---- exit 1: the daemon reports a failure -----------------------------------------------
 
 

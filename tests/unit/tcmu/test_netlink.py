@@ -341,13 +341,18 @@ class FakeLio:
     def __init__(self, root: Path, nl_reply: int | None) -> None:
         self.root = root
         self.nl_reply = nl_reply
+        self.made: dict[str, Backstore] = {}
 
     def backstore(self, name: str, size: int, wwn: str, max_sectors: int) -> Backstore:
         path = self.root / "user_1" / name
         (path / "attrib").mkdir(parents=True)
         if self.nl_reply is not None:
             (path / "attrib" / "nl_reply_supported").write_text(f"{self.nl_reply}\n")
-        return Backstore(name, 1, path, size)
+        self.made[name] = Backstore(name, 1, path, size)
+        return self.made[name]
+
+    def find(self, name: str) -> Backstore | None:
+        return self.made.get(name)
 
     def export(self, iqn: str, host: str, port: int, luns: dict[int, str]) -> None:
         pass
