@@ -103,6 +103,7 @@ class KernelTarget:
         self._watcher = UioWatcher(SUBTYPE, self._added, self._removed)
         self._netlink = TcmuNetlink(self.netlink_event)
         self._nl_reply: dict[str, int] = {}  # LUN name -> nl_reply_supported last read
+        self._sizes: dict[str, int] = {}  # LUN name -> its size (the daemon's, not LIO's)
         self._closing: set[asyncio.Task[None]] = set()
         self._all_attached = asyncio.Event()
 
@@ -110,6 +111,7 @@ class KernelTarget:
         """Make or find the LUNs' backstores (name -> (size, WWN)) and export them."""
         for name, (size, wwn) in luns.items():
             self.backstores[name] = self.lio.backstore(name, size, wwn, MAX_TRANSFER_BYTES // 512)
+            self._sizes[name] = size
             self._read_nl_reply(name, self.backstores[name])
         host, port = self.portal
         self.lio.export(
@@ -250,7 +252,7 @@ class KernelTarget:
         return status if waits else None
 
     def _reconfigured(self, name: str, event: Event, waits: bool) -> int:
-        backstore = self.backstores[name]
+        backstore, size = self.backstores[name], self._sizes[name]
         if event.writecache is not None:
             log.info(
                 "LUN %s: LIO's emulate_write_cache set to %d; the LUN reports its own "
@@ -260,13 +262,13 @@ class KernelTarget:
             )
             return 0
         if event.size is not None:
-            if event.size == backstore.size:
+            if event.size == size:
                 log.info("LUN %s: LIO's dev_size set to %d, the LUN's size", name, event.size)
                 return 0
             what = f"LIO's dev_size {event.size}"
             keep = (
                 f"a restart refuses the backstore until it is the LUN's again "
-                f"(echo {backstore.size} > {backstore.path}/attrib/dev_size)"
+                f"(echo {size} > {backstore.path}/attrib/dev_size)"
             )
         else:
             config = (event.config or "").strip()
@@ -281,7 +283,7 @@ class KernelTarget:
                 name,
                 event.uio,
                 what,
-                backstore.size,
+                size,
                 config_string(name),
             )
         else:
@@ -293,7 +295,7 @@ class KernelTarget:
                 event.uio,
                 what,
                 self._nl_reply.get(name, -1),
-                backstore.size,
+                size,
                 keep,
             )
         return -errno.EINVAL

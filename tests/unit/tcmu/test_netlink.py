@@ -457,3 +457,13 @@ def test_an_unknown_setting_is_answered(tmp_path):
     """Unreadable from the start: a needless answer costs a kernel log line, a missing
     one a writer asleep for good."""
     assert policy(tmp_path, None).netlink_event(ev(Kind.REMOVED)) == 0
+
+
+def test_the_luns_size_is_the_daemons_not_lios(tmp_path):
+    """A backstore found afresh (made again by an administrator) may say another size:
+    the LUN's size is still the one the daemon serves."""
+    kt = policy(tmp_path, 1)
+    old = kt.backstores["db0"]
+    kt.backstores["db0"] = Backstore(old.name, old.hba, old.path, 12345)
+    assert kt.netlink_event(ev(Kind.RECONFIG, size=LUN_SIZE)) == 0
+    assert kt.netlink_event(ev(Kind.RECONFIG, size=12345)) == -errno.EINVAL
