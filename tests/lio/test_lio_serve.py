@@ -148,6 +148,9 @@ class KernelInitiator:
             for dev in Path("/sys/block").glob("sd*"):
                 hctl = os.listdir(dev / "device" / "scsi_device")[0]  # H:C:T:L
                 if int(hctl.split(":")[3]) == lun and Path(f"/dev/{dev.name}").exists():
+                    # one SCSI command per write: the block layer must not merge
+                    # adjacent queued writes (the tests count commands)
+                    (dev / "queue" / "nomerges").write_text("2\n")
                     return f"/dev/{dev.name}"
             time.sleep(0.2)
         raise AssertionError(
