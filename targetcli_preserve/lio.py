@@ -89,6 +89,14 @@ class Backstore:
         """Write a TCMU action (``block_dev``, ``reset_ring``)."""
         (self.path / "action" / name).write_text(value)
 
+    def nl_reply_supported(self) -> int:
+        """The device's ``attrib/nl_reply_supported``: > 0 when the kernel may wait for
+        a netlink reply about it (tcmu/netlink.py). OSError once the device is gone."""
+        try:
+            return int((self.path / "attrib" / "nl_reply_supported").read_text())
+        except ValueError as err:
+            raise OSError(f"{self.path}/attrib/nl_reply_supported: {err}") from err
+
 
 class Lio:
     """rtslib-fb bound once; every method reads configfs afresh."""

@@ -2,8 +2,9 @@
 
 ``ring.py`` is the sans-I/O codec for that ring; ``handler.py`` serves one device's ring
 on the asyncio loop (:class:`RingServer`: ring order is issue order, commands answered as
-they finish). The edge (mmap of ``/dev/uioN``, the uio fd as a :class:`Doorbell`,
-netlink) is not built yet (docs/design.md, section 7).
+they finish); ``uio.py`` is the edge (``/dev/uioN``, its map, the fd as a
+:class:`Doorbell`), ``watch.py`` finds the devices, and ``netlink.py`` reads the kernel's
+TCM-USER generic netlink events and answers them (pyroute2, imported only there).
 """
 
 from targetcli_preserve.tcmu.handler import Doorbell, Execute, RingServer

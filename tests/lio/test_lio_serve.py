@@ -10,10 +10,12 @@ one session, CmdSN order) and the kernel's own initiator (iscsiadm, ``/dev/sdX``
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from helpers.served import IQN, Served, qemu_img_read
 from helpers.skips import need, not_applicable
 
 from targetcli_preserve import lio
+from targetcli_preserve.tcmu import netlink
 
 PORT = 3260
 MIB = 1 << 20
@@ -145,6 +148,9 @@ class KernelInitiator:
             for dev in Path("/sys/block").glob("sd*"):
                 hctl = os.listdir(dev / "device" / "scsi_device")[0]  # H:C:T:L
                 if int(hctl.split(":")[3]) == lun and Path(f"/dev/{dev.name}").exists():
+                    # one SCSI command per write: the block layer must not merge
+                    # adjacent queued writes (the tests count commands)
+                    (dev / "queue" / "nomerges").write_text("2\n")
                     return f"/dev/{dev.name}"
             time.sleep(0.2)
         raise AssertionError(
@@ -443,3 +449,130 @@ def _tcmu_runner_ready() -> bool:
         check=False,
     )
     return done.returncode == 0
+
+
+# -- TCM-USER netlink: a reconfiguration of the LUN's backstore ---------------------------
+
+TCMU_PARAMETERS = Path("/sys/module/target_core_user/parameters")
+
+
+def _configfs_write(path: Path, value: str | None, timeout: float = 30) -> int:
+    """Write ``value`` to a configfs file (None: remove the directory ``path``) from a
+    child process: its errno, 0 for success.
+
+    A child, because a write or rmdir the kernel waits on sleeps uninterruptibly until a
+    netlink reply comes: if none does, the module's block_netlink and reset_netlink end
+    the wait (-EINTR) and the test fails instead of hanging the guest."""
+    code = (
+        "import os, sys\n"
+        "try:\n"
+        "    if len(sys.argv) == 2:\n"
+        "        os.rmdir(sys.argv[1])\n"
+        "    else:\n"
+        "        fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+        "        os.write(fd, sys.argv[2].encode())\n"
+        "except OSError as err:\n"
+        "    sys.exit(err.errno)\n"
+    )
+    argv = [sys.executable, "-c", code, str(path)] + ([] if value is None else [value])
+    child = subprocess.Popen(argv)
+    try:
+        return child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        (TCMU_PARAMETERS / "block_netlink").write_text("1")
+        try:
+            (TCMU_PARAMETERS / "reset_netlink").write_text("1")
+        finally:
+            (TCMU_PARAMETERS / "block_netlink").write_text("0")
+        child.wait(30)
+        pytest.fail(f"{value or 'rmdir'} > {path}: no netlink reply within {timeout} s")
+
+
+def _log_line(served: Served, *texts: str, timeout: float = 30) -> str:
+    """The first line of the daemon's output that holds one of ``texts``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(served.output):
+            if any(text in line for text in texts):
+                return line.strip()
+        time.sleep(0.2)
+    raise AssertionError(f"the daemon did not log {texts}:\n{''.join(served.output)[-3000:]}")
+
+
+def _capacity(served: Served) -> int:
+    return int(_run("iscsi-readcapacity16", "-s", served.url(0)).split()[-1])
+
+
+def _unmap(device: Path) -> None:
+    """Take the backstore ``device`` off its LUN (LIO removes no backstore in use)."""
+    for lun in Path(f"/sys/kernel/config/target/iscsi/{IQN}/tpgt_1/lun").iterdir():
+        links = [link for link in lun.iterdir() if link.is_symlink()]
+        if any(link.resolve() == device.resolve() for link in links):
+            for link in links:
+                link.unlink()
+            lun.rmdir()
+
+
+def test_backstore_changes_reach_the_daemon_by_netlink(serve):
+    """attrib/dev_size makes the kernel send RECONFIG_DEVICE (the control file's
+    dev_size= does not); the daemon logs it, refuses it when the kernel waits for its
+    answer, answers a removal, and READ CAPACITY always reports the LUN's own size."""
+    size = 16 * MIB
+    served = serve("db0:16M")
+    device = next(Path("/sys/kernel/config/target/core").glob("user_*/db0"))
+    attrib = device / "attrib"
+    assert (attrib / "nl_reply_supported").read_text().strip() == "-1"
+    assert _capacity(served) == size
+
+    # The kernel does not wait (nl_reply_supported -1): LIO takes the size, the daemon
+    # says so, the initiators still see the LUN's size.
+    assert _configfs_write(attrib / "dev_size", str(2 * size)) == 0
+    print(_log_line(served, f"LIO's dev_size {2 * size} was set without waiting"))
+    assert _capacity(served) == size
+    assert _configfs_write(attrib / "dev_size", str(size)) == 0
+    print(_log_line(served, f"LIO's dev_size set to {size}, the LUN's size"))
+    # control's dev_size= changes LIO's value without an event
+    lines = len(served.output)
+    assert _configfs_write(device / "control", f"dev_size={2 * size}") == 0
+    assert f"Size: {2 * size} " in (device / "info").read_text()
+    assert _configfs_write(device / "control", f"dev_size={size}") == 0
+    time.sleep(2)
+    assert not [line for line in served.output[lines:] if "dev_size" in line]
+
+    # Nobody listening: the kernel refuses a reconfiguration with ESRCH.
+    served.stop()
+    assert _configfs_write(attrib / "dev_size", str(2 * size)) == errno.ESRCH
+    assert (attrib / "dev_size").read_text().strip() == str(size)
+
+    # The kernel waits (reply mode on, as tcmu-runner sets it, and nl_reply_supported 1,
+    # which the daemon reads when it starts): the daemon's answer decides.
+    (attrib / "nl_reply_supported").write_text("1")
+    served.start(timeout=120)
+    uio = served.json("status", "db0")["luns"][0]["tcmu"]["uio"]
+    netlink.set_reply_mode(True)
+    try:
+        assert _configfs_write(attrib / "dev_size", str(2 * size)) == errno.EINVAL
+        assert (attrib / "dev_size").read_text().strip() == str(size)
+        assert _configfs_write(attrib / "dev_config", "preserve/other") == errno.EINVAL
+        assert _configfs_write(attrib / "emulate_write_cache", "1") == 0
+        assert _configfs_write(attrib / "dev_size", str(size)) == 0
+        assert _capacity(served) == size
+        name = (Path("/sys/class/uio") / uio / "name").read_text().strip()
+        assert name.endswith("/db0/preserve/db0"), name
+        # a removal waits for the daemon's answer too (without one, rmdir would sleep)
+        _unmap(device)
+        assert _configfs_write(device, None) == 0
+    finally:
+        netlink.set_reply_mode(False)
+    assert not device.exists()
+    print(_log_line(served, f"refused LIO's dev_size {2 * size}"))
+    print(_log_line(served, "refused LIO's dev_config 'preserve/other'"))
+    print(_log_line(served, "LIO's emulate_write_cache set to 1"))
+    # the device is gone: the udev event or the ring's EIO, whichever comes first
+    print(
+        _log_line(
+            served,
+            f"{uio}: the TCMU device of LUN db0 was removed",
+            "LUN db0: its TCMU ring cannot be served any more",
+        )
+    )
