@@ -14,8 +14,8 @@ Both backends export the same backing file, one after the other, never at once:
 
 Both targets get the daemon's TPG attributes and iSCSI parameters (lio.py: demo mode,
 immediate data up to 256 KiB). The initiator is the guest's kernel initiator (iscsiadm
-on 127.0.0.1, ``/dev/sdX``) driven by fio: O_DIRECT, libaio, fixed queue depth, fixed
-size, time-based. Four workloads per backend session; the backends swap order every
+on 127.0.0.1, ``/dev/sdX``, no request merging: one SCSI command per I/O) driven by
+fio: O_DIRECT, libaio, fixed queue depth, fixed size, time-based. Four workloads per backend session; the backends swap order every
 round (ABBA...) so that drift in a shared host does not favour one side; the report
 gives per-round figures and their medians, and the ratio user:preserve / fileio. Beside
 throughput it records what an I/O costs: the guest's CPU time (``/proc/stat``: busy,
@@ -199,6 +199,10 @@ class KernelInitiator:
                     dev = m.group(1)
                     size = Path(f"/sys/block/{dev}/size")
                     if Path(f"/dev/{dev}").exists() and size.exists() and int(size.read_text()):
+                        # One SCSI command per fio I/O: the block layer merges adjacent
+                        # queued requests, more where commands wait longer, which would
+                        # hand the slower backend larger commands than the other gets.
+                        Path(f"/sys/block/{dev}/queue/nomerges").write_text("2\n")
                         return f"/dev/{dev}"
             time.sleep(0.2)
         raise RuntimeError(f"no disk attached for {iqn} on {portal}")
