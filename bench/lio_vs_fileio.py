@@ -22,7 +22,7 @@ throughput it records what an I/O costs: the guest's CPU time (``/proc/stat``: b
 kernel, context switches) and the daemon's (``/proc/PID``: all threads, the event
 loop's thread, the kernel's part), per I/O.
 
-    bench/lio_vs_fileio.py [--seconds 12] [--ramp 2] [--rounds 3] [--size-mib 256]
+    bench/lio_vs_fileio.py [--seconds 12] [--ramp 2] [--rounds 4] [--size-mib 256]
                            [--json PATH] [--profile randwrite]
 
 ``--json`` defaults to ``$GUEST_RUN/lio-vs-fileio.json`` (the table goes next to it as
@@ -674,7 +674,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=12.0, help="fio runtime per run")
     ap.add_argument("--ramp", type=float, default=2.0, help="fio ramp time, not counted")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--size-mib", type=int, default=256, help="the LUN and its file")
     ap.add_argument(
         "--fs",
