@@ -576,3 +576,22 @@ def test_backstore_changes_reach_the_daemon_by_netlink(serve):
             "LUN db0: its TCMU ring cannot be served any more",
         )
     )
+
+
+def test_host_initiators_through_the_forwarded_port(serve):
+    """scripts/test-lio's host side: iscsi-inq and qemu-io from the host, through QEMU's
+    forwarded port, on the daemon's LUN (a full URL; never discovery from the host)."""
+    run_dir = os.environ.get("GUEST_RUN")
+    if not run_dir:
+        not_applicable("no host on the other side of a forwarded port (scripts/test-lio)")
+    served = serve("lun0:16M")
+    ready = Path(run_dir) / "host-ready-preserve"
+    ready.with_suffix(".tmp").write_text(IQN + "\n")
+    ready.with_suffix(".tmp").rename(ready)
+    done = Path(run_dir) / "host-done-preserve"
+    _until("the host's initiators", done.exists, timeout=300)
+    assert done.read_text().strip() == "ok", done.read_text()
+    live = Path(served.json("status", "lun0")["luns"][0]["live"]["path"])
+    with live.open("rb") as f:  # the host wrote 1 MiB of 0x5a at 4 MiB
+        f.seek(4 * MIB)
+        assert f.read(MIB) == b"\x5a" * MIB, "the host's write is not in the live volume"
