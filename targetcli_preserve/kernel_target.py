@@ -62,7 +62,7 @@ import logging
 from dataclasses import dataclass
 
 from ._errors import PreserveError, UserError
-from .lio import Backstore, Lio, config_string
+from .lio import SUBTYPE, Backstore, Lio, config_string
 from .scsi.lu import MAX_TRANSFER_BYTES
 from .scsi.target import ScsiTarget
 from .tcmu.handler import RingServer
@@ -73,7 +73,6 @@ from .tcmu.watch import UioWatcher
 
 log = logging.getLogger(__name__)
 
-SUBTYPE = "preserve"
 ATTACH_TIMEOUT = 30.0  # seconds start() waits for every LUN's uio device
 
 
@@ -216,19 +215,23 @@ class KernelTarget:
     def _detach_later(self, name: str) -> None:
         """Forget the LUN's device now (the kernel may hand out the same uio number to
         the next one at once); finish its commands and close it in the background."""
-        attached = self.attached.pop(name, None)
+        attached = self._forget(name)
         if attached is None:
             return
-        self._all_attached.clear()
         task = asyncio.get_running_loop().create_task(self._close_device(attached))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def _detach(self, name: str) -> None:
+        attached = self._forget(name)
+        if attached is not None:
+            await self._close_device(attached)
+
+    def _forget(self, name: str) -> _Attached | None:
         attached = self.attached.pop(name, None)
         if attached is not None:
             self._all_attached.clear()
-            await self._close_device(attached)
+        return attached
 
     @staticmethod
     async def _close_device(attached: _Attached) -> None:
