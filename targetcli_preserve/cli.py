@@ -78,7 +78,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# words that are the shell's commands, not subcommands: ``targetcli-preserve ls`` runs
+# one shell command, as ``targetcli ls`` does
+SHELL_WORDS = frozenset({"ls", "cd", "pwd", "help", "exit", "bookmarks", "get", "set", "create"})
+
+
+def shell_route(argv: Sequence[str]) -> tuple[str | None, list[str]] | None:
+    """``(state_dir, shell words)`` when ``argv`` is for the interactive shell: nothing
+    (or only ``--state-dir DIR``) opens it; a path (``/preserve/lun0 preserve``) or a
+    shell-only command (``ls``) runs one shell command. None: a subcommand (argparse)."""
+    state_dir: str | None = None
+    rest = list(argv)
+    while rest and (rest[0] == "--state-dir" or rest[0].startswith("--state-dir=")):
+        if rest[0] == "--state-dir":
+            if len(rest) < 2:
+                return None  # argparse says what is missing
+            state_dir, rest = rest[1], rest[2:]
+        else:
+            state_dir, rest = rest[0].partition("=")[2], rest[1:]
+    if not rest or rest[0].startswith(("/", "@")) or rest[0] in (".", "..", *SHELL_WORDS):
+        return state_dir, rest
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    route = shell_route(argv)
+    if route is not None:
+        from .ui import run_shell  # configshell's imports are for the shell alone
+
+        state_dir, words = route
+        return run_shell(state_dir, words)
     args = build_parser().parse_args(argv)
     args.state_dir = getattr(args, "state_dir", None)
     args.json = getattr(args, "json", False)
@@ -89,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         result = _run(args)
-        text = json.dumps(result, indent=2) + "\n" if args.json else _render(args.command, result)
+        text = json.dumps(result, indent=2) + "\n" if args.json else render(args.command, result)
         sys.stdout.write(text)
         sys.stdout.flush()
         return ExitCode.OK
@@ -102,38 +132,74 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> Any:
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    check_state_dir(state_dir)
-    socket_path = state_dir / "control.sock"
     if args.command == "preserve":
-        return control.call(
-            socket_path,
-            "preserve",
-            names=args.luns,
-            wait=args.wait,
-            timeout=None if args.wait else 60.0,
-        )
-    if args.command in ("status", "volumes"):
-        kwargs = {"name": args.lun} if args.lun is not None else {}
-        return control.call(socket_path, args.command, **kwargs)
+        return request_preserve(args.state_dir, args.luns, wait=args.wait)
+    if args.command == "status":
+        return request_status(args.state_dir, args.lun)
+    if args.command == "volumes":
+        return request_volumes(args.state_dir, args.lun)
     if args.command == "luns":
-        try:
-            return control.call(socket_path, "luns")
-        except control.DaemonUnreachable:  # the state directory still says what it holds
-            return lun_list(read_catalog(state_dir), served=set())
-    return control.call(socket_path, args.command)
+        return request_luns(args.state_dir)
+    return request_locks(args.state_dir)
+
+
+# ---- the requests: one control call each (the interactive shell makes the same) -------
+
+
+def control_socket(state_dir: str | Path | None) -> Path:
+    """The control socket of ``state_dir`` (default: the user data dir), checked usable."""
+    path = Path(state_dir) if state_dir else default_state_dir()
+    check_state_dir(path)
+    return path / "control.sock"
+
+
+def request_preserve(state_dir: str | Path | None, luns: list[str], wait: bool = False) -> Any:
+    return control.call(
+        control_socket(state_dir),
+        "preserve",
+        names=luns,
+        wait=wait,
+        timeout=None if wait else 60.0,
+    )
+
+
+def request_status(state_dir: str | Path | None, lun: str | None = None) -> Any:
+    if lun is None:
+        return control.call(control_socket(state_dir), "status")
+    return control.call(control_socket(state_dir), "status", name=lun)
+
+
+def request_volumes(state_dir: str | Path | None, lun: str) -> Any:
+    return control.call(control_socket(state_dir), "volumes", name=lun)
+
+
+def request_locks(state_dir: str | Path | None) -> Any:
+    return control.call(control_socket(state_dir), "locks")
+
+
+def request_luns(state_dir: str | Path | None) -> Any:
+    socket_path = control_socket(state_dir)
+    try:
+        return control.call(socket_path, "luns")
+    except control.DaemonUnreachable:  # the state directory still says what it holds
+        return lun_list(read_catalog(socket_path.parent), served=set())
+
+
+def request_create(state_dir: str | Path | None, name: str, size: int) -> Any:
+    """A new LUN served by the running daemon (built-in target): its ``luns`` entry."""
+    return control.call(control_socket(state_dir), "create", name=name, size=size)
 
 
 # ---- human-readable output ------------------------------------------------------------
 
 
-def _render(command: str, result: Any) -> str:
-    render = _RENDERERS.get(command)
-    return render(result) if render else json.dumps(result, indent=2) + "\n"
+def render(command: str, result: Any) -> str:
+    renderer = RENDERERS.get(command)
+    return renderer(result) if renderer else json.dumps(result, indent=2) + "\n"
 
 
-def _render_preserve(result: dict[str, Any]) -> str:
-    lines = [f"preserve {_preserve_text(result)}"]
+def render_preserve(result: dict[str, Any]) -> str:
+    lines = [f"preserve {preserve_text(result)}"]
     for lun in result["luns"]:
         kept, live = lun["preserved"], lun["live"]
         lines.append(
@@ -142,7 +208,7 @@ def _render_preserve(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_status(result: dict[str, Any]) -> str:
+def render_status(result: dict[str, Any]) -> str:
     head = (
         f"target {result['target']} on {result['portal']}\n"
         f"state {result['state_dir']}, next seq {result['next_seq']}\n"
@@ -158,13 +224,13 @@ def _render_status(result: dict[str, Any]) -> str:
                 lun["live"]["path"],
                 str(lun["inflight"]),
                 str(lun["volumes"]),
-                _preserve_text(last) if last else "-",
+                preserve_text(last) if last else "-",
             )
         )
     return head + _table(rows)
 
 
-def _render_volumes(result: list[dict[str, Any]]) -> str:
+def render_volumes(result: list[dict[str, Any]]) -> str:
     rows = [("GEN", "STATE", "PRESERVE", "SEQ", "TIME", "CLONE", "HYDRATED", "PATH")]
     for vol in result:
         hydrated, made_by = vol["hydrated"], vol["preserve"]
@@ -183,7 +249,7 @@ def _render_volumes(result: list[dict[str, Any]]) -> str:
     return _table(rows)
 
 
-def _render_locks(result: list[dict[str, Any]]) -> str:
+def render_locks(result: list[dict[str, Any]]) -> str:
     if not result:
         return "no locks held\n"
     rows = [("LUN", "NAME", "SEQ", "LBA", "BLOCKS", "STATE", "PRE-CUT", "WAITERS")]
@@ -203,7 +269,7 @@ def _render_locks(result: list[dict[str, Any]]) -> str:
     return _table(rows)
 
 
-def _render_luns(result: list[dict[str, Any]]) -> str:
+def render_luns(result: list[dict[str, Any]]) -> str:
     if not result:
         return "no LUNs\n"
     rows = [("LUN", "NAME", "SIZE", "WWN", "VOLUMES", "SERVED")]
@@ -221,16 +287,22 @@ def _render_luns(result: list[dict[str, Any]]) -> str:
     return _table(rows)
 
 
-_RENDERERS: dict[str, Callable[[Any], str]] = {
-    "preserve": _render_preserve,
-    "status": _render_status,
-    "volumes": _render_volumes,
-    "locks": _render_locks,
-    "luns": _render_luns,
+def render_create(result: dict[str, Any]) -> str:
+    """The new LUN's entry, as one row of the ``luns`` table."""
+    return render_luns([result])
+
+
+RENDERERS: dict[str, Callable[[Any], str]] = {
+    "preserve": render_preserve,
+    "status": render_status,
+    "volumes": render_volumes,
+    "locks": render_locks,
+    "luns": render_luns,
+    "create": render_create,
 }
 
 
-def _preserve_text(preserve: dict[str, Any]) -> str:
+def preserve_text(preserve: dict[str, Any]) -> str:
     return f"{preserve['id']} at seq {preserve['seq']} ({preserve['time']})"
 
 

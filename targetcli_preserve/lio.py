@@ -71,6 +71,14 @@ def unavailable() -> str | None:
     return None
 
 
+def fabric_modules() -> list[Any]:
+    """LIO's fabric modules as stock targetcli lists them under ``/`` (those with
+    targets, or that need none), for the shell to mount targetcli's own nodes on."""
+    import rtslib_fb
+
+    return [fm for fm in rtslib_fb.RTSRoot().fabric_modules if fm.wwns is None or any(fm.wwns)]
+
+
 def config_string(lun_name: str) -> str:
     """The backstore's ``dev_config`` for a LUN (the uio device's name ends with it)."""
     return f"{SUBTYPE}/{lun_name}"

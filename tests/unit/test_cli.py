@@ -549,7 +549,7 @@ def test_preserve_of_a_lun_named_twice_cuts_it_once(
 
 
 def test_render_locks_table() -> None:
-    out = cli._render(
+    out = cli.render(
         "locks",
         [
             {
@@ -585,7 +585,7 @@ def test_render_locks_table() -> None:
 
 
 def test_render_volumes_table_flags_damage_and_hydration() -> None:
-    out = cli._render(
+    out = cli.render(
         "volumes",
         [
             {
