@@ -6,6 +6,7 @@
     targetcli-preserve [--state-dir DIR] [--json] volumes LUN
     targetcli-preserve [--state-dir DIR] [--json] locks
     targetcli-preserve [--state-dir DIR] [--json] luns
+    targetcli-preserve [--state-dir DIR] [--json] create NAME SIZE
 
 Every command but ``serve`` is one request to a running daemon over its control socket
 (``luns`` reads the state directory itself when no daemon runs). Exit codes and error
@@ -26,7 +27,7 @@ from typing import Any
 
 from . import __version__, control
 from .exits import ExitCode, message, run_guarded
-from .options import add_serve_arguments
+from .options import add_serve_arguments, parse_size
 from .statedir import check_state_dir, default_state_dir, lun_list, read_catalog
 
 PROG = "targetcli-preserve"
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "luns", parents=[common], help="every LUN of the state directory: number, size, WWN, served"
     )
+    p = sub.add_parser(
+        "create",
+        parents=[common],
+        help="serve a new LUN from now on (with --lio: as a backstore on the daemon's target)",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("size", metavar="SIZE", help="bytes, or a K/M/G/T suffix (e.g. 10G)")
     return parser
 
 
@@ -116,6 +124,8 @@ def _run(args: argparse.Namespace) -> Any:
     if args.command in ("status", "volumes"):
         kwargs = {"name": args.lun} if args.lun is not None else {}
         return control.call(socket_path, args.command, **kwargs)
+    if args.command == "create":
+        return control.call(socket_path, "create", name=args.name, size=parse_size(args.size))
     if args.command == "luns":
         try:
             return control.call(socket_path, "luns")
@@ -227,6 +237,7 @@ _RENDERERS: dict[str, Callable[[Any], str]] = {
     "volumes": _render_volumes,
     "locks": _render_locks,
     "luns": _render_luns,
+    "create": lambda lun: _render_luns([lun]),
 }
 
 
