@@ -6,6 +6,10 @@
     targetcli-preserve [--state-dir DIR] [--json] volumes LUN
     targetcli-preserve [--state-dir DIR] [--json] locks
     targetcli-preserve [--state-dir DIR] [--json] luns
+    targetcli-preserve [--state-dir DIR] [--json] create NAME SIZE
+
+    targetcli-preserve [--state-dir DIR]                   the interactive shell (ui/)
+    targetcli-preserve [--state-dir DIR] PATH COMMAND ...  one shell command (ui/)
 
 Every command but ``serve`` is one request to a running daemon over its control socket
 (``luns`` reads the state directory itself when no daemon runs). Exit codes and error
@@ -26,7 +30,7 @@ from typing import Any
 
 from . import __version__, control
 from .exits import ExitCode, message, run_guarded
-from .options import add_serve_arguments
+from .options import add_serve_arguments, parse_size
 from .statedir import check_state_dir, default_state_dir, lun_list, read_catalog
 
 PROG = "targetcli-preserve"
@@ -75,12 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "luns", parents=[common], help="every LUN of the state directory: number, size, WWN, served"
     )
+    p = sub.add_parser(
+        "create",
+        parents=[common],
+        help="serve a new LUN from now on (with --lio: as a backstore on the daemon's target)",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("size", metavar="SIZE", help="bytes, or a K/M/G/T suffix (e.g. 10G)")
     return parser
 
 
 # words that are the shell's commands, not subcommands: ``targetcli-preserve ls`` runs
 # one shell command, as ``targetcli ls`` does
-SHELL_WORDS = frozenset({"ls", "cd", "pwd", "help", "exit", "bookmarks", "get", "set", "create"})
+SHELL_WORDS = frozenset({"ls", "cd", "pwd", "help", "exit", "bookmarks", "get", "set"})
 
 
 def shell_route(argv: Sequence[str]) -> tuple[str | None, list[str]] | None:
@@ -138,6 +149,8 @@ def _run(args: argparse.Namespace) -> Any:
         return request_status(args.state_dir, args.lun)
     if args.command == "volumes":
         return request_volumes(args.state_dir, args.lun)
+    if args.command == "create":
+        return request_create(args.state_dir, args.name, parse_size(args.size))
     if args.command == "luns":
         return request_luns(args.state_dir)
     return request_locks(args.state_dir)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._errors import UserError
-from .catalog import Catalog, CutRecord
+from .catalog import Catalog, CutRecord, check_lun_name
 from .datapath import Datapath
-from .options import Config
+from .options import Config, LunSpec, check_size
 from .preserve import Engine, VolumeState
+from .serving import LunSet
 from .statedir import lun_list
 
 if TYPE_CHECKING:
@@ -32,19 +33,24 @@ def preserve_info(cut: CutRecord) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ControlCommands:
-    """The commands of one started daemon; ``lun_numbers`` maps each served LUN's name
-    to its LUN number."""
+    """The commands of one started daemon; ``luns_served`` are the LUNs it serves."""
 
     config: Config
     catalog: Catalog
     engine: Engine
     datapath: Datapath
     portal: str  # HOST:PORT initiators log in to
-    lun_numbers: dict[str, int]
+    luns_served: LunSet
     kernel: KernelTarget | None = None  # with --lio: the LUNs' TCMU devices
+
+    @property
+    def lun_numbers(self) -> dict[str, int]:
+        """Served LUN name -> LUN number."""
+        return self.luns_served.numbers
 
     def handlers(self) -> dict[str, Callable[..., Awaitable[Any]]]:
         return {
+            "create": self.create,
             "preserve": self.preserve,
             "status": self.status,
             "volumes": self.volumes,
@@ -142,6 +148,19 @@ class ControlCommands:
 
     async def luns(self) -> list[dict[str, Any]]:
         return lun_list(self.catalog, served=set(self.lun_numbers))
+
+    async def create(self, name: str, size: int) -> dict[str, Any]:
+        """Serve a new LUN (or an existing one of the state directory that is not
+        served, if ``size`` is its size) from now on; the reply is its ``luns`` entry.
+        With ``--lio`` it is also made a backstore and exported like a ``--lun``."""
+        if not isinstance(name, str):
+            raise UserError(f"bad LUN name {name!r}")
+        spec = LunSpec(check_lun_name(name), check_size(size))
+        await self.luns_served.serve(spec)
+        if self.kernel is not None:
+            await self.kernel.add(spec.name)
+        served = set(self.lun_numbers)
+        return next(lun for lun in lun_list(self.catalog, served) if lun["name"] == spec.name)
 
     async def locks(self) -> list[dict[str, Any]]:
         return [

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import sys
-import uuid
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -42,10 +41,10 @@ from .kernel_target import KernelTarget
 from .options import Config, add_serve_arguments, config_from, format_portal
 from .preserve import Engine
 from .records import read_records
-from .recovery import create_lun, recover
-from .scsi.target import LogicalUnit, LuIdentity, ScsiTarget
+from .recovery import recover
+from .scsi.target import ScsiTarget
+from .serving import LunSet
 from .statedir import check_state_dir
-from .volumes import Volume, open_volume
 
 log = logging.getLogger(__name__)
 
@@ -131,49 +130,29 @@ class Daemon:
         journal = Journal(journal_path)
         stack.callback(journal.close)
         await recover(catalog, journal, current_boot())
-        volumes: dict[tuple[str, int], Volume] = {}
-        stack.push_async_callback(_close_all, volumes)  # until the data path owns them
-        for spec in cfg.luns:
-            if spec.name not in catalog.luns:
-                await create_lun(catalog, journal, spec)
-            live = catalog.luns[spec.name].live.index
-            volumes[(spec.name, live)] = await open_volume(catalog.volume_path(spec.name, live))
         engine = Engine(first_seq=catalog.last_seq, first_cut=catalog.next_cut_id)
-        for spec in cfg.luns:
-            gens = catalog.luns[spec.name].generations
-            engine.add_lun(spec.name, [(g.index, g.cut_seq, g.cut_id) for g in gens])
-        datapath = Datapath(engine, catalog, journal, volumes)
-        stack.push_async_callback(datapath.close)
+        datapath = Datapath(engine, catalog, journal, {})
+        stack.push_async_callback(datapath.close)  # closes every volume it was given
         # Closed before the data path: the target stops taking commands and waits for
         # those still running (closing it twice is harmless: the first callback above
         # only matters if a start fails before this point).
         if server is not None:
             stack.push_async_callback(server.close)
+        target = ScsiTarget()
+        luns = LunSet(catalog, journal, engine, datapath, target)
         for spec in cfg.luns:
-            datapath.prepare_standby(spec.name)
-        lun_numbers = {spec.name: catalog.luns[spec.name].number for spec in cfg.luns}
-        target = ScsiTarget(
-            {
-                number: LogicalUnit(
-                    datapath.store(name),
-                    LuIdentity(name=name, wwn=uuid.UUID(catalog.luns[name].wwn)),
-                )
-                for name, number in lun_numbers.items()
-            }
-        )
+            await luns.serve(spec)
         kernel: KernelTarget | None = None
         if server is not None:
             server.targets[cfg.iqn] = target
             port = server.port
         else:
-            kernel = KernelTarget(lio.Lio(), target, cfg.iqn, (cfg.host, cfg.port), lun_numbers)
+            kernel = KernelTarget(lio.Lio(), luns, cfg.iqn, (cfg.host, cfg.port))
             stack.push_async_callback(kernel.close)  # before the data path closes
-            kernel.configure(
-                {name: (catalog.luns[name].size, catalog.luns[name].wwn) for name in lun_numbers}
-            )
+            kernel.configure([spec.name for spec in cfg.luns])
             port = cfg.port
         commands = ControlCommands(
-            cfg, catalog, engine, datapath, format_portal(cfg.host, port), lun_numbers, kernel
+            cfg, catalog, engine, datapath, format_portal(cfg.host, port), luns, kernel
         )
         control = ControlServer(cfg.state_dir / "control.sock", commands.handlers())
         await control.start()
@@ -195,12 +174,6 @@ class Daemon:
             os.close(fd)
             raise UserError(f"another daemon is using {self.config.state_dir}") from None
         return fd
-
-
-async def _close_all(volumes: dict[tuple[str, int], Volume]) -> None:
-    for vol in volumes.values():
-        await vol.close()
-    volumes.clear()
 
 
 # ---- running it ---------------------------------------------------------------------

@@ -3,13 +3,30 @@
 LIO does iSCSI (logins, sessions, CmdSN ordering, its portal); each LUN is a
 ``user:preserve`` TCMU backstore (lio.py), and every SCSI command for it reaches this
 process on the device's command ring. :class:`KernelTarget` ties the pieces together:
-it configures LIO, watches for the LUNs' uio devices (tcmu/watch.py), and serves each
-device's ring (tcmu/handler.py) into the same :class:`ScsiTarget`, data path and
-engine as the built-in target, so a command's issue order is its ring order
-(docs/design.md rule 1) and a preserve cuts exactly as it does there.
+it configures LIO, watches for uio devices (tcmu/watch.py), and serves each device's
+ring (tcmu/handler.py) into the same :class:`ScsiTarget`, data path and engine as the
+built-in target, so a command's issue order is its ring order (docs/design.md rule 1)
+and a preserve cuts exactly as it does there.
+
+**Where backstores come from.** A ``--lun`` (or the control command ``create``) gets a
+backstore named after the LUN, exported on the daemon's own target (``--iqn``,
+``--portal``). An administrator can also make one in stock targetcli,
+``/backstores/user:preserve create name=db0 size=10G cfgstring=db0``, and export it
+with targetcli: the config string names the LUN (:meth:`KernelTarget.check_config` is
+what targetcli's ``create`` asks first, over D-Bus). When its device appears, a LUN the
+state directory does not know is created with the backstore's size and unit serial;
+a known one is served with its own size and data. Every ``user:preserve`` device found
+at start is served the same way, so a restarted daemon picks up what targetcli made.
+A deleted backstore leaves its LUN in the state directory (``luns`` shows it unserved).
 
 Attaching a device resets its ring first (lio.py): what an earlier daemon left there
 is completed with BUSY and retried by the initiator, never run twice behind its back.
+
+**The netlink reply mode is turned off** at start and each time tcmu-runner comes
+back (it turns the module-wide mode on when it starts): with it on, tcmu-runner
+answers the device-add event of a handler it does not know (ours) with -ENOENT, and a
+``create`` in targetcli fails. With it off the kernel waits for no handler's answer;
+tcmu-runner's own handlers work as on kernels without the mode.
 
 **The TCM-USER netlink events** (tcmu/netlink.py says what the kernel sends and when it
 waits for an answer). A preserve LUN's size and identity are the daemon's: READ
@@ -59,14 +76,17 @@ import asyncio
 import errno
 import functools
 import logging
+import uuid
 from dataclasses import dataclass
 
 from ._errors import PreserveError, UserError
+from .catalog import check_lun_name
 from .lio import SUBTYPE, Backstore, Lio, config_string
+from .options import LunSpec
 from .scsi.lu import MAX_TRANSFER_BYTES
-from .scsi.target import ScsiTarget
+from .serving import LunSet
 from .tcmu.handler import RingServer
-from .tcmu.netlink import Event, Kind, NetlinkUnavailable, TcmuNetlink
+from .tcmu.netlink import Event, Kind, NetlinkUnavailable, TcmuNetlink, set_reply_mode
 from .tcmu.ring import TcmuRing
 from .tcmu.uio import TcmuName, UioDevice, UioError
 from .tcmu.watch import UioWatcher
@@ -84,61 +104,88 @@ class _Attached:
 
 
 class KernelTarget:
-    def __init__(
-        self,
-        lio: Lio,
-        target: ScsiTarget,
-        iqn: str,
-        portal: tuple[str, int],
-        lun_numbers: dict[str, int],
-    ) -> None:
+    def __init__(self, lio: Lio, luns: LunSet, iqn: str, portal: tuple[str, int]) -> None:
         self.lio = lio
-        self.target = target
+        self.luns = luns
         self.iqn = iqn
         self.portal = portal
-        self.lun_numbers = lun_numbers
-        self.backstores: dict[str, Backstore] = {}
+        self.backstores: dict[str, Backstore] = {}  # LUN name -> its backstore, once known
         self.attached: dict[str, _Attached] = {}  # LUN name -> its device, while served
         self._watcher = UioWatcher(SUBTYPE, self._added, self._removed)
         self._netlink = TcmuNetlink(self.netlink_event)
         self._nl_reply: dict[str, int] = {}  # LUN name -> nl_reply_supported last read
-        self._sizes: dict[str, int] = {}  # LUN name -> its size (the daemon's, not LIO's)
+        self._exported: set[str] = set()  # LUN names this daemon exports on its own target
+        self._adopting: dict[str, asyncio.Task[None]] = {}  # LUN name -> coming into service
         self._closing: set[asyncio.Task[None]] = set()
-        self._all_attached = asyncio.Event()
+        self._attached_changed = asyncio.Event()
 
-    def configure(self, luns: dict[str, tuple[int, str]]) -> None:
-        """Make or find the LUNs' backstores (name -> (size, WWN)) and export them."""
-        for name, (size, wwn) in luns.items():
-            self.backstores[name] = self.lio.backstore(name, size, wwn, MAX_TRANSFER_BYTES // 512)
-            self._sizes[name] = size
-            self._read_nl_reply(name, self.backstores[name])
+    @property
+    def lun_numbers(self) -> dict[str, int]:
+        return self.luns.numbers
+
+    def configure(self, names: list[str]) -> None:
+        """Make or find the backstores of served LUNs ``names`` and export them on the
+        daemon's own target (``--iqn``, ``--portal``) at their LUN numbers."""
+        for name in names:
+            record = self.luns.catalog.luns[name]
+            backstore = self.lio.backstore(name, record.size, record.wwn, MAX_TRANSFER_BYTES // 512)
+            self.backstores[name] = backstore
+            self._read_nl_reply(name, backstore)
+        self._exported.update(names)
         host, port = self.portal
         self.lio.export(
-            self.iqn, host, port, {self.lun_numbers[name]: name for name in self.backstores}
+            self.iqn,
+            host,
+            port,
+            {self.lun_numbers[name]: self.backstores[name].name for name in self._exported},
         )
 
     async def start(self, timeout: float = ATTACH_TIMEOUT) -> None:
-        """Watch for the LUNs' uio devices and serve each; return once all are served."""
-        self._watcher.start()
+        """Watch for uio devices and serve each of a ``user:preserve`` backstore; return
+        once the configured LUNs' and those that exist already are served."""
+        self.reply_mode_off()
+        self._watcher.start()  # lists the devices that exist: adopting starts here
         try:
             self._netlink.start()
         except NetlinkUnavailable as err:
             log.warning("no TCMU netlink events (reconfigurations go unnoticed): %s", err)
-        self._check_all_attached()
+        await self._wait_attached(list(self.backstores), timeout)
+
+    async def add(self, name: str, timeout: float = ATTACH_TIMEOUT) -> None:
+        """Make served LUN ``name`` a backstore, export it, and wait until it is served."""
+        self.configure([name])
+        await self._wait_attached([name], timeout)
+
+    async def _wait_attached(self, names: list[str], timeout: float) -> None:
+        async def all_there() -> None:
+            while True:
+                adopting = [task for task in self._adopting.values() if not task.done()]
+                if adopting:  # devices found at start or since: let them come in first
+                    await asyncio.gather(*adopting, return_exceptions=True)
+                    continue
+                if set(names) <= set(self.attached):
+                    return
+                self._attached_changed.clear()
+                await self._attached_changed.wait()
+
         try:
-            await asyncio.wait_for(self._all_attached.wait(), timeout)
+            await asyncio.wait_for(all_there(), timeout)
         except TimeoutError:
-            missing = sorted(set(self.backstores) - set(self.attached))
+            missing = sorted(set(names) - set(self.attached))
             raise UserError(
                 f"no TCMU device appeared within {timeout:g} s for LUN(s) "
-                f"{', '.join(missing)}: is target_core_user loaded, and does another "
-                "process hold the /dev/uio device?"
+                f"{', '.join(missing) or '(adopted)'}: is target_core_user loaded, and "
+                "does another process hold the /dev/uio device?"
             ) from None
 
     async def close(self) -> None:
         """Stop serving; LIO's configuration stays (see lio.py)."""
         self._netlink.close()
         self._watcher.close()
+        for task in list(self._adopting.values()):
+            task.cancel()
+        if self._adopting:
+            await asyncio.gather(*self._adopting.values(), return_exceptions=True)
         for name in list(self.attached):
             await self._detach(name)
         if self._closing:
@@ -147,6 +194,39 @@ class KernelTarget:
     def uio_of(self, name: str) -> str | None:
         attached = self.attached.get(name)
         return attached.uio if attached else None
+
+    def reply_mode_off(self) -> None:
+        """Turn the kernel's netlink reply mode off (see the module docstring): at start,
+        and each time tcmu-runner, which turns it on when it starts, is back."""
+        try:
+            set_reply_mode(False)
+        except (NetlinkUnavailable, OSError) as err:
+            log.warning(
+                "cannot turn TCMU's netlink reply mode off (%s): while tcmu-runner has it "
+                "on, a user:%s backstore made in targetcli fails to enable",
+                err,
+                SUBTYPE,
+            )
+
+    # -- what stock targetcli asks (over D-Bus, tcmu/dbus_service.py) --------------------
+
+    def check_config(self, config: str) -> str | None:
+        """Why ``config`` (``preserve/CFGSTRING``, as targetcli's ``create`` sends it)
+        cannot make a ``user:preserve`` backstore, or None when it can."""
+        subtype, _, name = config.partition("/")
+        if subtype != SUBTYPE:
+            return f"{config!r} is not a user:{SUBTYPE} config"
+        try:
+            check_lun_name(name)
+        except UserError as err:
+            return f"cfgstring names the LUN the backstore serves: {err}"
+        existing = self.lio.find(name)
+        if existing is not None:
+            return (
+                f"LUN {name} already has backstore user:{SUBTYPE}/{existing.name}; "
+                "a LUN is served through one backstore"
+            )
+        return None
 
     # -- devices coming and going ----------------------------------------------------
 
@@ -161,21 +241,61 @@ class KernelTarget:
 
     def _added(self, uio: str, tcmu: TcmuName) -> None:
         name = tcmu.config
-        # Ours: named after a served LUN, config preserve/NAME. An administrator may have
-        # deleted and made it again since start (another HBA): look it up afresh.
-        backstore = self.lio.find(name) if name in self.backstores else None
+        # The backstore whose config is preserve/NAME, as configfs has it now: an
+        # administrator may have made it in targetcli, or deleted it and made it again.
+        backstore = self._find(name)
         if backstore is None or tcmu.device != backstore.name or tcmu.hba != backstore.hba:
             log.warning(
-                "%s: user:%s device %s/%s is not one of this daemon's LUNs; left alone",
+                "%s: user:%s device %s/%s is not a backstore this daemon can serve; left alone",
                 uio,
                 SUBTYPE,
                 tcmu.device,
                 tcmu.config,
             )
             return
-        if name in self.attached:
-            log.warning("%s: LUN %s is already served by %s", uio, name, self.attached[name].uio)
+        if name in self.attached or name in self._adopting:
+            log.warning("%s: LUN %s is already served through another device", uio, name)
             return
+        if name in self.lun_numbers:
+            self._attach(uio, name, backstore)
+            return
+        task = asyncio.get_running_loop().create_task(self._adopt(uio, name, backstore))
+        self._adopting[name] = task
+        task.add_done_callback(lambda _: self._adopting.pop(name, None))
+
+    def _find(self, name: str) -> Backstore | None:
+        try:
+            check_lun_name(name)
+            return self.lio.find(name)
+        except (UserError, OSError):
+            return None
+
+    async def _adopt(self, uio: str, name: str, backstore: Backstore) -> None:
+        """Serve the LUN of a backstore made outside this daemon (targetcli): a LUN the
+        state directory does not know is created with the backstore's size and unit
+        serial (as WWN, when it is a UUID); a known one keeps its own size and WWN."""
+        record = self.luns.catalog.luns.get(name)
+        size = record.size if record is not None else backstore.size
+        if record is not None and record.size != backstore.size:
+            log.warning(
+                "LUN %s is %d bytes; its backstore %s says %d: initiators see the LUN's "
+                "size (the daemon answers READ CAPACITY)",
+                name,
+                record.size,
+                backstore.name,
+                backstore.size,
+            )
+        try:
+            await self.luns.serve(LunSpec(name, size, _uuid_or_none(backstore.wwn)))
+        except PreserveError as err:
+            log.error("%s: cannot serve LUN %s of backstore %s: %s", uio, name, backstore.name, err)
+            return
+        log.info(
+            "LUN %s (number %d) made for backstore %s", name, self.lun_numbers[name], backstore.name
+        )
+        self._attach(uio, name, backstore)
+
+    def _attach(self, uio: str, name: str, backstore: Backstore) -> None:
         self._read_nl_reply(name, backstore)
         try:
             device = UioDevice(uio)  # exclusive: nobody else serves it from here on
@@ -188,7 +308,7 @@ class KernelTarget:
             server = RingServer(
                 ring,
                 device,
-                functools.partial(self.target.execute, self.lun_numbers[name]),
+                functools.partial(self.luns.target.execute, self.lun_numbers[name]),
                 name=f"{name} ({uio})",
                 on_lost=functools.partial(self._lost, name),
             )
@@ -200,7 +320,7 @@ class KernelTarget:
         self.backstores[name] = backstore
         self.attached[name] = _Attached(uio, device, server)
         log.info("serving LUN %s through LIO: %s, %s", name, uio, backstore.path)
-        self._check_all_attached()
+        self._attached_changed.set()
 
     def _removed(self, uio: str) -> None:
         for name, attached in list(self.attached.items()):
@@ -228,10 +348,7 @@ class KernelTarget:
             await self._close_device(attached)
 
     def _forget(self, name: str) -> _Attached | None:
-        attached = self.attached.pop(name, None)
-        if attached is not None:
-            self._all_attached.clear()
-        return attached
+        return self.attached.pop(name, None)
 
     @staticmethod
     async def _close_device(attached: _Attached) -> None:
@@ -255,7 +372,7 @@ class KernelTarget:
         return status if waits else None
 
     def _reconfigured(self, name: str, event: Event, waits: bool) -> int:
-        backstore, size = self.backstores[name], self._sizes[name]
+        backstore, size = self.backstores[name], self.luns.catalog.luns[name].size
         if event.writecache is not None:
             log.info(
                 "LUN %s: LIO's emulate_write_cache set to %d; the LUN reports its own "
@@ -314,6 +431,9 @@ class KernelTarget:
         except OSError as err:
             log.warning("LUN %s: cannot read nl_reply_supported: %s", name, err)
 
-    def _check_all_attached(self) -> None:
-        if self.backstores and set(self.backstores) <= set(self.attached):
-            self._all_attached.set()
+
+def _uuid_or_none(text: str) -> str | None:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None

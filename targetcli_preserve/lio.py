@@ -92,6 +92,7 @@ class Backstore:
     hba: int  # the N of core/user_N
     path: Path  # its configfs directory
     size: int
+    wwn: str  # LIO's unit serial
 
     def action(self, name: str, value: str) -> None:
         """Write a TCMU action (``block_dev``, ``reset_ring``)."""
@@ -122,7 +123,7 @@ class Lio:
     def backstore(self, lun_name: str, size: int, wwn: str, max_sectors: int) -> Backstore:
         """The LUN's backstore: found again, or made."""
         rts = self._rts
-        so = self._find(lun_name)
+        so = self._find_config(config_string(lun_name)) or self._find(lun_name)
         if so is None:
             try:
                 so = rts.UserBackedStorageObject(
@@ -150,16 +151,21 @@ class Lio:
         return found
 
     def find(self, lun_name: str) -> Backstore | None:
-        """The LUN's backstore as configfs has it now (it may have been made again since
-        :meth:`backstore`: another HBA index), or None."""
-        so = self._find(lun_name)
-        if so is None or so.config != config_string(lun_name):
-            return None
-        return self._describe(so)
+        """The LUN's backstore as configfs has it now, whatever its name (this daemon
+        names its own after the LUN; an administrator's, made in targetcli, may be
+        named otherwise; one made again since has another HBA index), or None."""
+        so = self._find_config(config_string(lun_name))
+        return None if so is None else self._describe(so)
 
     def _find(self, name: str) -> Any:
         for so in self._rts.RTSRoot().storage_objects:
             if so.plugin == "user" and so.name == name:
+                return so
+        return None
+
+    def _find_config(self, config: str) -> Any:
+        for so in self._rts.RTSRoot().storage_objects:
+            if so.plugin == "user" and so.config == config:
                 return so
         return None
 
@@ -170,7 +176,7 @@ class Lio:
         match = _SIZE.search(info)
         size = int(match.group(1)) if match else -1
         hba = int(path.parent.name.rsplit("_", 1)[1])
-        return Backstore(str(so.name), hba, path, size)
+        return Backstore(str(so.name), hba, path, size, str(so.wwn))
 
     # -- the iSCSI export ------------------------------------------------------------
 

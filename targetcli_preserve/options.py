@@ -25,6 +25,7 @@ MAX_LUN_SIZE = 1 << 63
 class LunSpec:
     name: str
     size: int
+    wwn: str | None = None  # a new LUN's WWN (a UUID); None: a new random one
 
 
 @dataclass
@@ -43,11 +44,16 @@ def parse_size(text: str) -> int:
     if not match:
         raise UserError(f"bad size {text!r}: use bytes or a K/M/G/T suffix, e.g. 1G")
     shift = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[match.group(2).upper()]
-    size = int(match.group(1)) << shift
-    if size <= 0 or size % BLOCK_SIZE:
-        raise UserError(f"bad size {text!r}: must be a positive multiple of {BLOCK_SIZE} bytes")
+    return check_size(int(match.group(1)) << shift, text)
+
+
+def check_size(size: object, text: str | None = None) -> int:
+    """A LUN size in bytes: a positive multiple of the block size, under 8 EiB."""
+    shown = repr(text if text is not None else size)
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % BLOCK_SIZE:
+        raise UserError(f"bad size {shown}: must be a positive multiple of {BLOCK_SIZE} bytes")
     if size >= MAX_LUN_SIZE:
-        raise UserError(f"bad size {text!r}: must be under 8 EiB (a file's size is an off_t)")
+        raise UserError(f"bad size {shown}: must be under 8 EiB (a file's size is an off_t)")
     return size
 
 
@@ -77,7 +83,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME:SIZE",
         help="serve LUN NAME of SIZE bytes (K/M/G/T suffixes); repeatable; "
-        "default lun0:1G; an existing LUN is reused",
+        "default lun0:1G (with --lio: none); an existing LUN is reused",
     )
     parser.add_argument("--iqn", default=DEFAULT_IQN, help="target name (default %(default)s)")
     parser.add_argument(
@@ -91,7 +97,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from(args: argparse.Namespace) -> Config:
     host, port = parse_portal(args.portal)
-    luns = [parse_lun(text) for text in args.lun] or [LunSpec("lun0", DEFAULT_LUN_SIZE)]
+    luns = [parse_lun(text) for text in args.lun]
+    if not luns and not args.lio:  # LIO mode serves the user:preserve backstores it finds
+        luns = [LunSpec("lun0", DEFAULT_LUN_SIZE)]
     seen: set[str] = set()
     for spec in luns:
         if spec.name in seen:

@@ -55,7 +55,7 @@ async def create_lun(catalog: Catalog, journal: Journal, spec: LunSpec) -> None:
         spec.name,
         spec.size,
         BLOCK_SIZE,
-        str(uuid.uuid4()),
+        spec.wwn or str(uuid.uuid4()),
         number=catalog.free_lun_number(),
         time=timestamp(),
     )

@@ -360,10 +360,11 @@ def _resolve(sock: socket.socket) -> tuple[int, dict[str, int]]:
 def set_reply_mode(enabled: bool) -> None:
     """Send ``SET_FEATURES`` and wait for the kernel's acknowledgement.
 
-    The daemon never calls this: the mode is module-wide, so turning it on makes the
-    kernel wait for an answer about every TCMU device whose ``nl_reply_supported`` is
-    > 0 (tcmu-runner's included, and an ``enable`` nobody answers never returns), and
-    turning it off breaks tcmu-runner's replies. Tests and administrators use it."""
+    The mode is module-wide. On, the kernel waits for an answer about every TCMU device
+    whose ``nl_reply_supported`` is > 0 (tcmu-runner's included, and an ``enable``
+    nobody answers never returns). Off, it waits for none: tcmu-runner's answers are
+    then refused with a kernel log line, and it works as on kernels without the mode
+    (its "degraded mode"). The daemon only ever turns it off (kernel_target.py)."""
     sock, family_id = open_socket(join=False)
     try:
         sock.setblocking(True)

@@ -413,3 +413,48 @@ def test_a_damaged_journal_stops_serve_naming_the_line(short_dir: Path) -> None:
     )
     done = run([*CLI, "--state-dir", str(served.state_dir), "luns"])
     assert (done.returncode, "line 2" in done.stderr) == (1, True)
+
+
+# ---- create: a LUN more, without a restart -----------------------------------------------
+
+
+def test_create_serves_a_new_lun_at_once(short_dir: Path) -> None:
+    state = short_dir / "state"
+    served = Served(state, ["a:4M"]).start()
+    try:
+        made = served.json("create", "db", "8M")
+        assert (made["lun"], made["name"], made["size"], made["served"]) == (1, "db", 8 << 20, True)
+        assert lun_numbers(served) == {"a": 0, "db": 1}
+        assert reported_luns(served) == [0, 1]  # a real initiator sees it
+        # it serves I/O and takes part in a preserve like any other LUN
+        need("qemu-io")
+        done = run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 64k", served.url(1)])
+        assert done.returncode == 0, done.stderr
+        cut = served.json("preserve", "--wait", "a", "db")
+        assert [lun["name"] for lun in cut["luns"]] == ["a", "db"]
+        assert served.json("status", "db")["luns"][0]["volumes"] == 2
+
+        # what cannot be: a served name, a bad name, a bad size; each a one-line error
+        for args, expected in [
+            (["db", "8M"], "targetcli-preserve: LUN 'db' is served already"),
+            (["bad/name", "8M"], "targetcli-preserve: bad LUN name 'bad/name'"),
+            (["c", "1000"], "targetcli-preserve: bad size '1000'"),
+        ]:
+            done = served.cli("create", *args)
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert one_line_error(done).startswith(expected), done.stderr
+        assert lun_numbers(served) == {"a": 0, "db": 1}
+    finally:
+        assert served.stop() == 0
+
+    # the next start serves what --lun names; db is kept, and create serves it again
+    served = Served(state, ["a:4M"]).start()
+    try:
+        assert lun_numbers(served) == {"a": 0}
+        done = served.cli("create", "db", "16M")
+        assert done.returncode == 2
+        assert "LUN 'db' exists with size 8388608, not 16777216" in one_line_error(done)
+        assert served.json("create", "db", "8M")["lun"] == 1
+        assert served.json("status", "db")["luns"][0]["volumes"] == 2  # its preserve too
+    finally:
+        assert served.stop() == 0

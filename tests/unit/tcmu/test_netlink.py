@@ -16,6 +16,7 @@ import logging
 import socket
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers.skips import not_applicable
@@ -348,7 +349,7 @@ class FakeLio:
         (path / "attrib").mkdir(parents=True)
         if self.nl_reply is not None:
             (path / "attrib" / "nl_reply_supported").write_text(f"{self.nl_reply}\n")
-        self.made[name] = Backstore(name, 1, path, size)
+        self.made[name] = Backstore(name, 1, path, size, wwn)
         return self.made[name]
 
     def find(self, name: str) -> Backstore | None:
@@ -358,15 +359,29 @@ class FakeLio:
         pass
 
 
+class FakeLuns:
+    """serving.LunSet as far as the policy reads it: two served LUNs, no target (no
+    command reaches it here)."""
+
+    def __init__(self) -> None:
+        self.numbers = {"db0": 0, "db1": 1}
+        self.target = None
+        self.catalog = SimpleNamespace(
+            luns={
+                name: SimpleNamespace(size=LUN_SIZE, wwn=f"w{number}")
+                for name, number in self.numbers.items()
+            }
+        )
+
+
 def policy(tmp_path: Path, nl_reply: int | None) -> KernelTarget:
     kt = KernelTarget(
         FakeLio(tmp_path, nl_reply),  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]  # no command reaches it here
+        FakeLuns(),  # type: ignore[arg-type]
         "iqn.2026-11.org.targetcli-preserve:test",
         ("127.0.0.1", 3260),
-        {"db0": 0, "db1": 1},
     )
-    kt.configure({"db0": (LUN_SIZE, "w0"), "db1": (LUN_SIZE, "w1")})
+    kt.configure(["db0", "db1"])
     return kt
 
 
@@ -464,6 +479,6 @@ def test_the_luns_size_is_the_daemons_not_lios(tmp_path):
     the LUN's size is still the one the daemon serves."""
     kt = policy(tmp_path, 1)
     old = kt.backstores["db0"]
-    kt.backstores["db0"] = Backstore(old.name, old.hba, old.path, 12345)
+    kt.backstores["db0"] = Backstore(old.name, old.hba, old.path, 12345, old.wwn)
     assert kt.netlink_event(ev(Kind.RECONFIG, size=LUN_SIZE)) == 0
     assert kt.netlink_event(ev(Kind.RECONFIG, size=12345)) == -errno.EINVAL
