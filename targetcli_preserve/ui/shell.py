@@ -54,8 +54,7 @@ class PreserveShell(ConfigShell):
     def __init__(self, preferences_dir: Path | None) -> None:
         _fresh_prefs()
         super().__init__(_usable(preferences_dir))
-        # configshell's Console (a Borg) holds the streams of its import time: use ours
-        console.Console(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)
+        _bind_streams()
         self.failure = ExitCode.OK
 
     def fail(self, err: BaseException, code: ExitCode | None = None) -> None:
@@ -67,9 +66,16 @@ class PreserveShell(ConfigShell):
     def run_cmdline(self, cmdline: str) -> None:
         """Every command line sees the daemon as it is now: the tree is refreshed first."""
         self.failure = ExitCode.OK
+        _bind_streams()
         if cmdline and isinstance(self._root_node, UIRoot):
             self._root_node.refresh()
         super().run_cmdline(cmdline)
+
+
+def _bind_streams() -> None:
+    """configshell's Console (a Borg) holds the streams of its import time: use the
+    process's streams of now."""
+    console.Console(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)
 
 
 def _fresh_prefs() -> None:
@@ -116,13 +122,22 @@ def one_shot(shell: PreserveShell, root: UIRoot, cmdline: str) -> int:
     try:
         shell.run_cmdline(cmdline)
     except ExecutionError as err:
-        if root.daemon_error is not None:  # no such path: because no daemon answers
-            shell.fail(root.daemon_error)
+        if root.daemon_error is not None and not _path_exists(shell, cmdline):
+            shell.fail(root.daemon_error)  # no such path: because no daemon answers
         else:
             shell.fail(err, ExitCode.USAGE)
     except (PreserveError, OSError, ValueError) as err:
         shell.fail(err, ExitCode.USAGE if isinstance(err, ValueError) else None)
     return shell.failure
+
+
+def _path_exists(shell: PreserveShell, cmdline: str) -> bool:
+    path = shell._parse_cmdline(cmdline)[1].rstrip("*")
+    try:
+        shell._current_node.get_node(path)
+    except ValueError:
+        return False
+    return True
 
 
 def interactive(shell: PreserveShell, root: UIRoot) -> int:
