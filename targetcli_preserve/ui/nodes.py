@@ -232,14 +232,12 @@ class UIPreserve(UINode):
     def ui_complete_preserve(
         self, parameters: dict[str, str], text: str, current_param: str
     ) -> list[str]:
+        if current_param == "wait":  # the value of wait=
+            return [value for value in ("true", "false") if value.startswith(text)]
         on_line = set(parameters.values())
         names = [name for name in self.lun_names() if name.startswith(text)]
         names = [name for name in names if name not in on_line or name == text]
-        if "wait".startswith(text):
-            names.append("wait=")
-        if text.startswith("wait="):
-            names = [f"wait={v}" for v in ("true", "false") if f"wait={v}".startswith(text)]
-        return names
+        return [*names, "wait="] if "wait".startswith(text) else names
 
     def ui_command_status(self) -> None:
         """

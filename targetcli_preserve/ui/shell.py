@@ -71,6 +71,14 @@ class PreserveShell(ConfigShell):
             self._root_node.refresh()
         super().run_cmdline(cmdline)
 
+    def _complete_token_kparam(
+        self, text: str, path: str, command: str, pparams: list[str], kparams: dict[str, str]
+    ) -> list[str]:
+        """configshell pairs each positional value with a named parameter, and fails
+        (IndexError) past the last one: ``preserve lun0 db wait=<Tab>`` (``*luns``)."""
+        named = self._current_node.get_node(path).get_command_signature(command)[0]
+        return super()._complete_token_kparam(text, path, command, pparams[: len(named)], kparams)
+
 
 def _bind_streams() -> None:
     """configshell's Console (a Borg) holds the streams of its import time: use the
