@@ -278,10 +278,12 @@ class UIPreserve(UINode):
 
     def ui_command_create(self, name: str, size: str) -> None:
         """
-        Create a new LUN and serve it at once (built-in target): name is 1 to 64
-        letters, digits, '.', '_' or '-'; size is bytes or a number with a
-        K/M/G/T suffix (powers of 1024), a multiple of 512 bytes. The LUN gets the
-        lowest free LUN number and keeps it. Prints its row of the `luns` table.
+        Serve a new LUN from now on, as `targetcli-preserve create` does (with
+        serve --lio also as a user:preserve backstore on the daemon's target):
+        name is 1 to 64 letters, digits, '.', '_' or '-'; size is bytes or a
+        number with a K/M/G/T suffix (powers of 1024), a multiple of 512 bytes.
+        The LUN gets the lowest free LUN number and keeps it. Prints its row of
+        the `luns` table; it shows in the tree at once.
 
         EXAMPLES
         ========
