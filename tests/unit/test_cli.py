@@ -149,8 +149,7 @@ def test_parser_mixed_common_options() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [
-        [],
+    [  # no arguments at all open the interactive shell (tests/integration/test_shell.py)
         ["frobnicate"],
         ["preserve"],
         ["volumes"],
