@@ -108,9 +108,10 @@ def render(source: str, daemon: Path) -> str:
     """The content installed for ``source``."""
     text = source_text(source)
     if source == UNIT:
-        if DAEMON_PLACEHOLDER not in text:
-            raise PreserveError(f"{source} has no {DAEMON_PLACEHOLDER} to replace")
-        text = text.replace(DAEMON_PLACEHOLDER, unit_exec_path(daemon))
+        placeholder = f"ExecStart={DAEMON_PLACEHOLDER} "
+        if text.count(placeholder) != 1:
+            raise PreserveError(f"{source} has no one {placeholder!r} to fill in")
+        text = text.replace(placeholder, f"ExecStart={unit_exec_path(daemon)} ")
     return text
 
 
