@@ -355,13 +355,15 @@ def _fileio_run(tmp_path: Path):
 
 
 def test_udev_rule_names_and_protects_the_device(serve):
-    """udev/60-targetcli-preserve.rules, run by ``udevadm test`` on the real uio device."""
+    """targetcli_preserve/system/60-targetcli-preserve.rules, run by ``udevadm test`` on the real uio device."""
     need("udevadm")
     served = serve("db0:8M")
     uio = served.json("status", "db0")["luns"][0]["tcmu"]["uio"]
     rules = Path("/etc/udev/rules.d")
     rules.mkdir(parents=True, exist_ok=True)
-    rule = Path(__file__).parents[2] / "udev" / "60-targetcli-preserve.rules"
+    rule = (
+        Path(__file__).parents[2] / "targetcli_preserve" / "system" / "60-targetcli-preserve.rules"
+    )
     (rules / rule.name).write_text(rule.read_text())
     try:
         done = subprocess.run(
