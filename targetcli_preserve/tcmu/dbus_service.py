@@ -95,6 +95,10 @@ class _CallFailed(Exception):
         self.name = name
 
 
+def _denied(e: _CallFailed) -> bool:
+    return e.name == "org.freedesktop.DBus.Error.AccessDenied"
+
+
 def handler_bus_name(subtype: str) -> str:
     """The bus name an external handler owns for tcmu-runner to find it."""
     return f"{MANAGER_INTERFACE}.{subtype}"
@@ -184,22 +188,16 @@ class HandlerService:
         """Connect and settle into a mode; then keep it right in the background.
 
         Raises :class:`DBusUnavailable` when there is no bus or its policy does not let
-        this process own the handler's names.
+        this process own the handler's names. Any other trouble (a tcmu-runner that
+        refuses or does not answer) is logged and tried again in the background.
         """
         if self._task is not None:
             raise RuntimeError("HandlerService started twice")
         try:
             await self._connect()
-            await self._reconcile()
         except _CallFailed as e:
             await self._drop()
-            if e.name.endswith(".AccessDenied"):
-                raise DBusUnavailable(
-                    f"D-Bus ({self.where}) does not let this process own the names of "
-                    f"user:{self.subtype} ({e}); install targetcli-preserve-dbus.conf "
-                    f"into /etc/dbus-1/system.d/ and run as root"
-                ) from e
-            raise DBusUnavailable(f"D-Bus ({self.where}): {e}") from e
+            raise self._unavailable(e) from e
         except Exception as e:  # no bus, refused, unauthenticated, timed out
             await self._drop()
             raise DBusUnavailable(
@@ -209,7 +207,28 @@ class HandlerService:
         except BaseException:  # cancelled
             await self._drop()
             raise
+        try:
+            await self._reconcile()
+        except _CallFailed as e:
+            if _denied(e):
+                await self._drop()
+                raise self._unavailable(e) from e
+            log.warning("D-Bus (%s) for user:%s: %s; trying again", self.where, self.subtype, e)
+        except Exception as e:  # noqa: BLE001 - logged; the background task tries again
+            log.warning("D-Bus (%s) for user:%s: %r; trying again", self.where, self.subtype, e)
+        except BaseException:  # cancelled
+            await self._drop()
+            raise
         self._task = asyncio.create_task(self._run(), name=f"dbus user:{self.subtype}")
+
+    def _unavailable(self, e: _CallFailed) -> DBusUnavailable:
+        if _denied(e):
+            return DBusUnavailable(
+                f"D-Bus ({self.where}) does not let this process own the names of "
+                f"user:{self.subtype} ({e}); install targetcli-preserve-dbus.conf "
+                f"into /etc/dbus-1/system.d/ and run as root"
+            )
+        return DBusUnavailable(f"D-Bus ({self.where}): {e}")
 
     async def close(self) -> None:
         """Leave the bus: tcmu-runner forgets the handler, a stand-in name is freed."""

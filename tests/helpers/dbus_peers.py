@@ -270,6 +270,7 @@ class FakeTcmuRunner:
         self.forwarded: list[str] = []  # config strings forwarded to handlers
         self.bus: MessageBus
         self.owns = False
+        self.refuse = 0  # refuse this many RegisterHandler calls first
 
     async def start(self) -> FakeTcmuRunner:
         self.bus = await connect(self.address)
@@ -293,6 +294,9 @@ class FakeTcmuRunner:
         await asyncio.wait_for(self.bus.wait_for_disconnect(), TIMEOUT)
 
     async def register(self, subtype: str, description: str) -> list[bool | str]:
+        if self.refuse > 0:
+            self.refuse -= 1
+            return [False, "refused by the test"]
         owner = None
         try:
             owner = await bus_call(self.bus, "GetNameOwner", "s", ds.handler_bus_name(subtype))

@@ -202,6 +202,26 @@ async def test_runner_stopping_we_stand_in_again(
     assert service.runs == 1
 
 
+async def test_a_refused_registration_is_tried_again(
+    service: Service, bus: BusDaemon, runners: list[FakeTcmuRunner], caplog
+):
+    runner = await start_runner(bus, runners)
+    runner.refuse = 2
+    await service.service.start()  # no error: the background task tries again
+    await until(lambda: service.service.mode == "registered", why="registered after retries")
+    assert runner.refuse == 0 and runner.registrations == 1 and service.runs == 1
+    assert "refused by the test" in caplog.text
+    await assert_targetcli_works(bus.address)
+
+
+async def test_a_second_service_for_the_subtype_is_refused(service: Service, bus: BusDaemon):
+    await service.service.start()
+    second = HandlerService("preserve", DESCRIPTION, check, None, bus.address)
+    with pytest.raises(DBusUnavailable, match="another process owns"):
+        await second.start()
+    assert second.mode == "off" and service.service.mode == "stand-in"
+
+
 async def test_bus_restart_is_survived(service: Service, bus: BusDaemon, caplog):
     await service.service.start()
     assert service.service.mode == "stand-in"
