@@ -31,6 +31,11 @@ again whenever the name changes hands:
   :data:`QUEUE_POLL` seconds and, when someone waits, release the name to it and
   register with it.
 
+Debian's tcmu-runner is also D-Bus activated (system-services/org.kernel.TCMUService1
+.service, and its systemd unit is Type=dbus on that name): a call to the name while
+nobody owns it starts tcmu-runner, and a tcmu-runner started while we stand in gets the
+name from us within a poll or two, well inside systemd's start timeout.
+
 The mode is reconciled from what the bus says now (who owns the name, who queues for
 it), never from a remembered sequence of events, so a missed or reordered signal costs
 at most one poll. Trouble with the bus (no bus, dbus-daemon restarted, a call that
