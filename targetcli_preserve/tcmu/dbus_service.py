@@ -351,7 +351,17 @@ class HandlerService:
             signature=signature,
             body=body or [],
         )
-        reply = await asyncio.wait_for(bus.call(msg), CALL_TIMEOUT)
+        # The reply, the timeout or the connection's end, whichever comes first (dbus-fast
+        # 1.84 can leave a call made as the connection drops waiting for ever).
+        call = asyncio.ensure_future(bus.call(msg))
+        ends = {call} if self._disconnect_watch is None else {call, self._disconnect_watch}
+        await asyncio.wait(ends, timeout=CALL_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if not call.done():
+            call.cancel()
+            if self._disconnect_watch is not None and self._disconnect_watch.done():
+                raise ConnectionError(f"the connection was lost during {member}")
+            raise TimeoutError(f"no answer to {member} within {CALL_TIMEOUT} s")
+        reply = call.result()
         if reply.message_type is MessageType.ERROR:
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
             raise _CallFailed(reply.error_name or "error", text)
