@@ -7,12 +7,15 @@
     targetcli-preserve [--state-dir DIR] [--json] locks
     targetcli-preserve [--state-dir DIR] [--json] luns
     targetcli-preserve [--state-dir DIR] [--json] create NAME SIZE
+    targetcli-preserve [--json] install-system [--root DIR] [--dry-run]
 
     targetcli-preserve [--state-dir DIR]                   the interactive shell (ui/)
     targetcli-preserve [--state-dir DIR] PATH COMMAND ...  one shell command (ui/)
 
-Every command but ``serve`` is one request to a running daemon over its control socket
-(``luns`` reads the state directory itself when no daemon runs). Exit codes and error
+Every command but ``serve`` and ``install-system`` is one request to a running daemon
+over its control socket (``luns`` reads the state directory itself when no daemon runs);
+``install-system`` puts the systemd unit, udev rule and D-Bus policy in place
+(system_install.py). Exit codes and error
 messages: exits.py, the one boundary both programs share.
 
 A preserve is named the same way everywhere: its ``id``, the issue sequence number
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, control
+from ._errors import UserError
 from .exits import ExitCode, message, run_guarded
 from .options import add_serve_arguments, parse_size
 from .statedir import check_state_dir, default_state_dir, lun_list, read_catalog
@@ -86,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("size", metavar="SIZE", help="bytes, or a K/M/G/T suffix (e.g. 10G)")
+    p = sub.add_parser(
+        "install-system",
+        parents=[common],
+        help="install the systemd unit, udev rule and D-Bus policy of LIO mode",
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="install under DIR (a DESTDIR for packaging); nothing is reloaded",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="say what would be written and run; change nothing"
+    )
     return parser
 
 
@@ -129,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_serve(args, PROG)
 
     def body() -> int:
+        if args.command == "install-system":
+            return _install_system(args)
         result = _run(args)
         text = json.dumps(result, indent=2) + "\n" if args.json else render(args.command, result)
         sys.stdout.write(text)
@@ -201,6 +220,31 @@ def request_luns(state_dir: str | Path | None) -> Any:
 def request_create(state_dir: str | Path | None, name: str, size: int) -> Any:
     """A new LUN served by the running daemon (built-in target): its ``luns`` entry."""
     return control.call(control_socket(state_dir), "create", name=name, size=size)
+
+
+def _install_system(args: argparse.Namespace) -> int:
+    from . import system_install  # only this command needs it
+
+    root = None if args.root is None else Path(args.root).absolute()
+    if root is not None and root.exists() and not root.is_dir():
+        raise UserError(f"--root {args.root}: not a directory")
+    files = system_install.install_files(root, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps([f.as_json() for f in files], indent=2), flush=True)
+    else:
+        for f in files:
+            print(f"{f.action} {f.path}", flush=True)
+
+    def warn(text: str) -> None:
+        print(f"{PROG}: warning: {text}", file=sys.stderr, flush=True)
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, flush=True)
+
+    if root is None:
+        system_install.reload_managers(dry_run=args.dry_run, warn=warn, say=say)
+    return ExitCode.OK
 
 
 # ---- human-readable output ------------------------------------------------------------

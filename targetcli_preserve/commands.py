@@ -93,6 +93,8 @@ class ControlCommands:
             "target": self.config.iqn,
             "portal": self.portal,
             "fabric": "lio" if self.kernel is not None else "builtin",
+            # user:preserve on the system D-Bus, for stock targetcli (kernel_target.py)
+            "dbus": self.kernel.dbus_mode if self.kernel is not None else None,
             "state_dir": str(self.config.state_dir),
             "next_seq": self.engine.next_seq,
             "luns": [self._lun_status(n) for n in names],

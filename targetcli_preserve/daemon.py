@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import __version__, lio
+from . import __version__, lio, notify
 from ._errors import UserError
 from .boot import current_boot
 from .catalog import Catalog, replay
@@ -200,7 +200,13 @@ async def serve(config: Config, out: TextIO = sys.stdout) -> None:
             print(f"  LUN {number}: {name} ({_human(record.size)}) {live}{via}", file=out)
         print(f"state {config.state_dir}; control socket {services.control.path}", file=out)
         print("ready", file=out, flush=True)
+        luns = len(services.lun_numbers)
+        notify.ready(
+            f"serving {luns} LUN{'' if luns == 1 else 's'} as {config.iqn}"
+            f" on {services.commands.portal}{fabric}"
+        )
         await stop.wait()
+        notify.stopping()
     finally:
         await daemon.stop()
 

@@ -85,6 +85,7 @@ from .lio import SUBTYPE, Backstore, Lio, config_string
 from .options import LunSpec
 from .scsi.lu import MAX_TRANSFER_BYTES
 from .serving import LunSet
+from .tcmu.dbus_service import DBusUnavailable, HandlerService
 from .tcmu.handler import RingServer
 from .tcmu.netlink import Event, Kind, NetlinkUnavailable, TcmuNetlink, set_reply_mode
 from .tcmu.ring import TcmuRing
@@ -94,6 +95,13 @@ from .tcmu.watch import UioWatcher
 log = logging.getLogger(__name__)
 
 ATTACH_TIMEOUT = 30.0  # seconds start() waits for every LUN's uio device
+# What stock targetcli's `help create` prints under CFGSTRING FORMAT (over D-Bus).
+CONFIG_DESCRIPTION = (
+    "NAME: the targetcli-preserve LUN this backstore serves (1-64 letters, digits, "
+    "'.', '_' or '-'). A LUN the daemon does not have yet is created with the "
+    "backstore's size and unit serial; an existing one is served with its data. One "
+    "backstore per LUN. Example: create name=db0 size=10G cfgstring=db0"
+)
 
 
 @dataclass
@@ -118,6 +126,15 @@ class KernelTarget:
         self._adopting: dict[str, asyncio.Task[None]] = {}  # LUN name -> coming into service
         self._closing: set[asyncio.Task[None]] = set()
         self._attached_changed = asyncio.Event()
+        self._dbus = HandlerService(
+            SUBTYPE, CONFIG_DESCRIPTION, self.check_config, on_runner=self.reply_mode_off
+        )
+
+    @property
+    def dbus_mode(self) -> str:
+        """How stock targetcli learns of ``user:preserve``: "registered" with
+        tcmu-runner, "stand-in" for it, or "off" (no system bus)."""
+        return self._dbus.mode
 
     @property
     def lun_numbers(self) -> dict[str, int]:
@@ -149,6 +166,10 @@ class KernelTarget:
             self._netlink.start()
         except NetlinkUnavailable as err:
             log.warning("no TCMU netlink events (reconfigurations go unnoticed): %s", err)
+        try:
+            await self._dbus.start()
+        except DBusUnavailable as err:
+            log.warning("%s", err)  # it says what targetcli then misses
         await self._wait_attached(list(self.backstores), timeout)
 
     async def add(self, name: str, timeout: float = ATTACH_TIMEOUT) -> None:
@@ -180,6 +201,7 @@ class KernelTarget:
 
     async def close(self) -> None:
         """Stop serving; LIO's configuration stays (see lio.py)."""
+        await self._dbus.close()
         self._netlink.close()
         self._watcher.close()
         for task in list(self._adopting.values()):

@@ -5,6 +5,8 @@ on the asyncio loop (:class:`RingServer`: ring order is issue order, commands an
 they finish); ``uio.py`` is the edge (``/dev/uioN``, its map, the fd as a
 :class:`Doorbell`), ``watch.py`` finds the devices, and ``netlink.py`` reads the kernel's
 TCM-USER generic netlink events and answers them (pyroute2, imported only there).
+``dbus_service.py`` makes the handler known on the system D-Bus for stock targetcli
+(dbus-fast, imported only there; not imported here).
 """
 
 from targetcli_preserve.tcmu.handler import Doorbell, Execute, RingServer

@@ -5,8 +5,8 @@ handler's subtype: first those that exist when it starts (a restarted daemon fin
 devices again), then each one the kernel adds or removes. It listens before it lists,
 so a device added in between is reported (once: reports are de-duplicated by uio name).
 
-udev's own events are used when udevd runs (they come after the rules in ``udev/``
-have set the device node's mode); without udevd (a minimal system, the test guest) the
+udev's own events are used when udevd runs (they come after the rules, such as
+``system/60-targetcli-preserve.rules``, have set the device node's mode); without udevd (a minimal system, the test guest) the
 kernel's uevents are, and devtmpfs makes the node. A device can vanish between its
 event and the owner's open: that is the owner's to handle (the open fails).
 """

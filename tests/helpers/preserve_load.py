@@ -12,6 +12,7 @@ no other prefix passes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from helpers.qemu_load import QemuIo, apply, overlapping_writes
@@ -27,8 +28,15 @@ BURST = 180  # writes sent in one go; the cut lands in the middle of them
 MIN_INFLIGHT = 4  # commands a LUN must have in flight at the cut
 
 
-def run_load_with_cut(served: Served, luns: list[int], names: list[str], seed: int):
-    """Drive one qemu-io per LUN; preserve all LUNs together in the middle of a burst.
+def run_load_with_cut(
+    served: Served,
+    luns: list[int],
+    names: list[str],
+    seed: int,
+    cut: Callable[[list[str]], dict] | None = None,
+):
+    """Drive one qemu-io per LUN; preserve all LUNs together in the middle of a burst
+    (by ``cut(names)``, the preserve's reply; default: the control request).
 
     Returns the writes per LUN, the preserve result, and per LUN ``k``: how many of its
     writes were issued before the cut. The daemon counts each LUN's commands
@@ -50,7 +58,10 @@ def run_load_with_cut(served: Served, luns: list[int], names: list[str], seed: i
         for io in ios:
             io.wait_acknowledged(WARMUP + 10)  # the burst is flowing
         _wait_inflight(served, names)
-        cut = served.call("preserve", names=names, wait=True)  # mid-burst
+        if cut is None:
+            result = served.call("preserve", names=names, wait=True)  # mid-burst
+        else:
+            result = cut(names)
         for feeder in feeders:
             feeder.join(60)
         for io, writes in zip(ios, loads):
@@ -61,8 +72,8 @@ def run_load_with_cut(served: Served, luns: list[int], names: list[str], seed: i
             io.kill()
     for out in outputs:
         assert "error" not in out.lower() and "failed" not in out.lower(), out
-    ks = [entry["issued_at_cut"] - base for entry, base in zip(cut["luns"], before_load)]
-    return loads, cut, ks
+    ks = [entry["issued_at_cut"] - base for entry, base in zip(result["luns"], before_load)]
+    return loads, result, ks
 
 
 def _wait_inflight(served: Served, names: list[str], timeout: float = 5.0) -> None:

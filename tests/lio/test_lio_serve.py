@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers.conformance import run_suite
+from helpers.lio_testlib import require_lio, run, uio_of, until
 from helpers.preserve_load import (
     LUN_SIZE,
     MIN_INFLIGHT,
@@ -43,13 +44,7 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module", autouse=True)
 def _lio_here() -> None:
-    reason = lio.unavailable()
-    if reason is not None:
-        if os.environ.get("GUEST_RUN"):  # the guest of scripts/test-lio: LIO must be there
-            pytest.fail(f"the LIO test guest cannot serve LIO: {reason}")
-        not_applicable(f"{reason}; scripts/test-lio runs these tests in a QEMU guest")
-    for tool in ("qemu-io", "qemu-img", "iscsi-inq", "iscsi-test-cu"):
-        need(tool)
+    require_lio("qemu-io", "qemu-img", "iscsi-inq", "iscsi-test-cu")
 
 
 def _clear_lio(names: list[str]) -> None:
@@ -73,12 +68,6 @@ def serve(tmp_path: Path) -> Iterator:
     _clear_lio([spec.split(":")[0] for served in started for spec in served.luns])
 
 
-def _run(*argv: str, timeout: float = 120) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    assert done.returncode == 0, f"{' '.join(argv)}: {done.stdout}{done.stderr}"
-    return done.stdout
-
-
 def test_luns_keep_their_identity_through_lio(serve):
     served = serve("db0:16M", "db1:8M")
     status = served.json("status")
@@ -88,9 +77,9 @@ def test_luns_keep_their_identity_through_lio(serve):
         tcmu = by_name[name]["tcmu"]
         assert tcmu["backstore"] == f"user/{name}" and re.fullmatch(r"uio\d+", tcmu["uio"])
     # INQUIRY is ours (TCMU passes it through), REPORT LUNS is LIO's
-    inq = _run("iscsi-inq", served.url(0))
+    inq = run("iscsi-inq", served.url(0))
     assert "Vendor:PRESERVE" in inq, inq
-    serial = _run("iscsi-inq", "-e", "1", "-c", "128", served.url(1))
+    serial = run("iscsi-inq", "-e", "1", "-c", "128", served.url(1))
     assert uuid.UUID(by_name["db1"]["wwn"]).hex in serial, serial  # VPD 80h: the WWN in hex
     # LIO queues REPORTED LUNS DATA HAS CHANGED (SPC-4 6.37: a UNIT ATTENTION) for a new
     # initiator's dynamic ACL as each LUN is mapped to it; iscsi-ls stops at the first
@@ -101,7 +90,7 @@ def test_luns_keep_their_identity_through_lio(serve):
         check=False,
         timeout=120,
     )
-    listing = _run("iscsi-ls", "-s", f"iscsi://127.0.0.1:{PORT}")
+    listing = run("iscsi-ls", "-s", f"iscsi://127.0.0.1:{PORT}")
     assert IQN in listing and "Lun:0" in listing and "Lun:1" in listing, listing
     # what the man page says of I/O while no daemon serves a ring: commands wait in the
     # kernel up to cmd_time_out seconds (30 by default)
@@ -109,7 +98,7 @@ def test_luns_keep_their_identity_through_lio(serve):
     assert (attrib / "cmd_time_out").read_text().strip() == "30"
     # the same identity after a preserve (a preserve never changes it)
     served.call("preserve", names=["db1"], wait=True)
-    assert _run("iscsi-inq", "-e", "1", "-c", "128", served.url(1)) == serial
+    assert run("iscsi-inq", "-e", "1", "-c", "128", served.url(1)) == serial
 
 
 ATTEMPTS = 3  # under emulation a burst may have too few commands in flight at the cut
@@ -158,10 +147,10 @@ class KernelInitiator:
         )
         Path("/run/lock").mkdir(parents=True, exist_ok=True)
         if subprocess.run(["pgrep", "-x", "iscsid"], check=False, capture_output=True).returncode:
-            _run("iscsid")
-        _run("iscsiadm", "-m", "discovery", "-t", "st", "-p", f"127.0.0.1:{PORT}")
+            run("iscsid")
+        run("iscsiadm", "-m", "discovery", "-t", "st", "-p", f"127.0.0.1:{PORT}")
         self.node = ("iscsiadm", "-m", "node", "-T", IQN, "-p", f"127.0.0.1:{PORT}")
-        _run(*self.node, "--login")
+        run(*self.node, "--login")
 
     def disk(self, lun: int, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
@@ -175,7 +164,7 @@ class KernelInitiator:
                     return f"/dev/{dev.name}"
             time.sleep(0.2)
         raise AssertionError(
-            f"no disk for LUN {lun}: {_run('iscsiadm', '-m', 'session', '-P', '3')}"
+            f"no disk for LUN {lun}: {run('iscsiadm', '-m', 'session', '-P', '3')}"
         )
 
     def logout(self) -> None:
@@ -276,7 +265,7 @@ def test_lun_reset_and_abort_are_survived(serve, kernel_initiator, tmp_path):
     need("sg_reset")
     dev = kernel_initiator().disk(0)
     procs = _dd_writes(dev, 48, first_pattern=101)
-    _run("sg_reset", "-d", dev)
+    run("sg_reset", "-d", dev)
     _wait_all(procs)
     live = _slots(_run_bytes("dd", f"if={dev}", f"bs={SLOT}", "count=48", "iflag=direct"), 48)
     assert live == [101 + i for i in range(48)], "writes were lost across the LUN reset"
@@ -366,13 +355,15 @@ def _fileio_run(tmp_path: Path):
 
 
 def test_udev_rule_names_and_protects_the_device(serve):
-    """udev/60-targetcli-preserve.rules, run by ``udevadm test`` on the real uio device."""
+    """targetcli_preserve/system/60-targetcli-preserve.rules, run by ``udevadm test`` on the real uio device."""
     need("udevadm")
     served = serve("db0:8M")
     uio = served.json("status", "db0")["luns"][0]["tcmu"]["uio"]
     rules = Path("/etc/udev/rules.d")
     rules.mkdir(parents=True, exist_ok=True)
-    rule = Path(__file__).parents[2] / "udev" / "60-targetcli-preserve.rules"
+    rule = (
+        Path(__file__).parents[2] / "targetcli_preserve" / "system" / "60-targetcli-preserve.rules"
+    )
     (rules / rule.name).write_text(rule.read_text())
     try:
         done = subprocess.run(
@@ -389,33 +380,19 @@ def test_udev_rule_names_and_protects_the_device(serve):
     assert re.search(r"MODE 0?600|mode=0?600", out, re.IGNORECASE), out[-3000:]
 
 
-def _uio_of(served: Served, name: str) -> str | None:
-    return served.call("status", name=name)["luns"][0]["tcmu"]["uio"]
-
-
-def _until(what: str, probe, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
 def test_a_backstore_deleted_and_made_again_is_served_again(serve):
     """Real uevents through the udev watcher: the daemon lets go of a device the kernel
     removes, and serves the one an administrator makes again, with the LUN's data."""
     served = serve("db0:8M")
     lun = served.json("status", "db0")["luns"][0]
-    _run("qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 64k", served.url(0))
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 64k", served.url(0))
     admin = lio.Lio()
     admin.remove(IQN, ["db0"])  # what `targetcli /backstores/user:preserve delete db0` does
-    _until("the daemon to let go of the removed device", lambda: _uio_of(served, "db0") is None)
+    until("the daemon to let go of the removed device", lambda: uio_of(served, "db0") is None)
     admin.backstore("db0", lun["size"], lun["wwn"], 16384)
     admin.export(IQN, "0.0.0.0", PORT, {0: "db0"})
-    uio = _until("the daemon to serve the new device", lambda: _uio_of(served, "db0"))
-    out = _run("qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 64k", served.url(0))
+    uio = until("the daemon to serve the new device", lambda: uio_of(served, "db0"))
+    out = run("qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 64k", served.url(0))
     assert "Pattern verification failed" not in out, out
     print(f"served again through {uio} after the backstore was made again")
 
@@ -429,15 +406,15 @@ def test_beside_a_running_tcmu_runner(serve):
         ["tcmu-runner"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        _until(
+        until(
             "tcmu-runner to own the TCM-USER netlink family",
             lambda: runner.poll() is not None or _tcmu_runner_ready(),
             timeout=90,
         )
         assert runner.poll() is None, f"tcmu-runner exited: {runner.stderr.read()}"  # type: ignore[union-attr]
         served = serve("db0:8M")
-        assert _uio_of(served, "db0")
-        out = _run(
+        assert uio_of(served, "db0")
+        out = run(
             "qemu-io",
             "-f",
             "raw",
@@ -521,7 +498,7 @@ def _log_line(served: Served, *texts: str, timeout: float = 30) -> str:
 
 
 def _capacity(served: Served) -> int:
-    return int(_run("iscsi-readcapacity16", "-s", served.url(0)).split()[-1])
+    return int(run("iscsi-readcapacity16", "-s", served.url(0)).split()[-1])
 
 
 def _unmap(device: Path) -> None:
@@ -610,7 +587,7 @@ def test_host_initiators_through_the_forwarded_port(serve):
     ready.with_suffix(".tmp").write_text(IQN + "\n")
     ready.with_suffix(".tmp").rename(ready)
     done = Path(run_dir) / "host-done-preserve"
-    _until("the host's initiators", done.exists, timeout=300)
+    until("the host's initiators", done.exists, timeout=300)
     assert done.read_text().strip() == "ok", done.read_text()
     live = Path(served.json("status", "lun0")["luns"][0]["live"]["path"])
     with live.open("rb") as f:  # the host wrote 1 MiB of 0x5a at 4 MiB

@@ -152,3 +152,14 @@ def test_daemon_page_documents_every_long_option(daemon_options: set[str]) -> No
         body = section(text, where)
         missing = sorted(opt for opt in options if not mentions(body, opt))
         assert not missing, f"options missing from {where} of targetcli-preserved.8: {missing}"
+
+
+def test_daemon_page_says_where_install_system_puts_each_file() -> None:
+    from targetcli_preserve.system_install import FILES
+
+    text, _ = render(DAEMON_PAGE)
+    systemd = section(text, "SYSTEMD")
+    for dest in FILES.values():
+        assert dest in systemd, f"{dest} not under SYSTEMD in targetcli-preserved.8"
+    for words in ("install-system", "systemctl enable", "/var/lib/targetcli-preserve"):
+        assert words in systemd, f"{words!r} not under SYSTEMD in targetcli-preserved.8"

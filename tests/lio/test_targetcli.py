@@ -1,0 +1,222 @@
+"""Stock targetcli (Debian's targetcli-fb) makes, explains, refuses and exports
+``user:preserve`` backstores; the daemon serves them; a preserve taken from our shell in
+the middle of a burst of writes is exact.
+
+targetcli finds ``user:`` handlers over D-Bus only (``org.kernel.TCMUService1``): with
+tcmu-runner running the daemon registers with it, without it the daemon stands in for
+it. Both are tested. The D-Bus policy comes from ``targetcli-preserve install-system``,
+as on an appliance.
+
+Runs in the guest of scripts/test-lio (or on any machine with LIO, as root); elsewhere
+"not applicable".
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.lio_testlib import require_lio, run, uio_of, until
+from helpers.preserve_load import LUN_SIZE, check_lun_data, enough_concurrency, run_load_with_cut
+from helpers.served import IQN, Served
+from helpers.skips import need
+
+PORT = 3260
+# initiator names the ACLs admit: qemu's (qemu-io, qemu-img) and iscsi-inq's defaults
+QEMU_INITIATOR = "iqn.2008-11.org.linux-kvm"
+INQ_INITIATOR = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-inq"
+CLI = [sys.executable, "-m", "targetcli_preserve.cli"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _lio_here() -> None:
+    require_lio("targetcli", "qemu-io", "qemu-img", "iscsi-inq", "dbus-send")
+    # what an appliance's package does: the D-Bus policy (and unit, udev rule) in /etc
+    run(*CLI, "install-system")
+
+
+def targetcli(*command: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """One stock targetcli command, as an administrator types it."""
+    return subprocess.run(
+        ["targetcli", *command], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def targetcli_ok(*command: str) -> str:
+    done = targetcli(*command)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "rror" not in out, f"targetcli {' '.join(command)}: {out}"
+    return out
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Served]:
+    """``serve --lio`` with no LUN of its own: it serves what targetcli makes. LIO's
+    configuration is cleared afterwards (stock targetcli: clearconfig)."""
+    served = Served(tmp_path / "state", [], PORT, lio=True).start(timeout=120)
+    try:
+        yield served
+    finally:
+        targetcli("clearconfig", "confirm=True")
+        served.stop()
+
+
+def handler_mode(served: Served) -> str:
+    return served.call("status")["dbus"]
+
+
+def export_with_targetcli(backstore: str) -> None:
+    """Stock targetcli: a target on the daemon's default IQN (so Served.url reaches it),
+    the backstore as LUN 0, ACLs for the initiators the test uses (no demo mode)."""
+    targetcli_ok("/iscsi", "create", IQN)
+    tpg = f"/iscsi/{IQN}/tpg1"
+    targetcli_ok(f"{tpg}/luns", "create", f"/backstores/user:preserve/{backstore}")
+    for initiator in (QEMU_INITIATOR, INQ_INITIATOR):
+        targetcli_ok(f"{tpg}/acls", "create", initiator)
+    portals = targetcli_ok(f"{tpg}/portals", "ls")
+    if "0.0.0.0:3260" not in portals:  # targetcli adds it unless its prefs say otherwise
+        targetcli_ok(f"{tpg}/portals", "create", "0.0.0.0", str(PORT))
+
+
+def shell_preserve(served: Served, names: list[str]) -> dict:
+    """The cut, taken from the targetcli-preserve shell (one-shot, as a script would)."""
+    path = "/preserve" if len(names) > 1 else f"/preserve/{names[0]}"
+    args = ["preserve", *names] if len(names) > 1 else ["preserve"]
+    done = subprocess.run(
+        [*CLI, "--state-dir", str(served.state_dir), "--json", path, *args, "wait=true"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def test_targetcli_lists_explains_and_refuses(daemon):
+    """Without tcmu-runner the daemon owns org.kernel.TCMUService1 itself."""
+    assert handler_mode(daemon) == "stand-in"
+    listing = targetcli_ok("ls", "/backstores")
+    assert "user:preserve" in listing, listing
+    helped = targetcli_ok("/backstores/user:preserve", "help", "create")
+    assert "CFGSTRING FORMAT" in helped and "cfgstring=db0" in helped, helped
+    # a wrong config string: targetcli says our reason, and no backstore is made
+    done = targetcli("/backstores/user:preserve", "create", "name=bad", "size=16M", "cfgstring=a/b")
+    out = done.stdout + done.stderr
+    assert "cfgstring invalid" in out and "bad LUN name 'a/b'" in out, out
+    assert "bad" not in targetcli_ok("ls", "/backstores/user:preserve").split("user:preserve")[1]
+
+
+def test_targetcli_create_export_and_an_exact_preserve_from_our_shell(daemon, tmp_path):
+    made = targetcli_ok(
+        "/backstores/user:preserve", "create", "name=db0", f"size={LUN_SIZE}", "cfgstring=db0"
+    )
+    assert "Created user-backed storage object db0" in made, made
+    uio = until("the daemon to serve db0", lambda: uio_of(daemon, "db0"))
+    lun = daemon.json("luns")[0]
+    assert (lun["name"], lun["size"], lun["served"]) == ("db0", LUN_SIZE, True)
+    # the same backstore again for the same LUN is refused: one backstore per LUN
+    done = targetcli(
+        "/backstores/user:preserve", "create", "name=db0b", "size=16M", "cfgstring=db0"
+    )
+    assert "already has backstore user:preserve/db0" in done.stdout + done.stderr
+
+    export_with_targetcli("db0")
+    inq = run("iscsi-inq", daemon.url(0))
+    assert "Vendor:PRESERVE" in inq, inq
+    serial = run("iscsi-inq", "-e", "1", "-c", "128", daemon.url(0))
+    assert lun["wwn"].replace("-", "") in serial, serial
+    # the ACL admits only the initiators it names
+    refused = subprocess.run(
+        ["iscsi-inq", "-i", "iqn.2026-12.org.example:not-listed", daemon.url(0)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode != 0, refused.stdout
+
+    loads, cut, ks = run_load_with_cut(
+        daemon, [0], ["db0"], seed=23, cut=lambda names: shell_preserve(daemon, names)
+    )
+    entry = cut["luns"][0]
+    check_lun_data(daemon, tmp_path, 0, entry, loads[0], ks[0])
+    print(
+        f"targetcli-made LUN through {uio}: cut after {ks[0]} writes, "
+        f"{entry['inflight_at_cut']} in flight (enough: {enough_concurrency(entry)})"
+    )
+
+
+def test_beside_tcmu_runner_a_stock_create_works(tmp_path):
+    """tcmu-runner running: the daemon registers with it, turns the netlink reply mode
+    off (else tcmu-runner fails the device-add of our handler), and registers again
+    when tcmu-runner restarts."""
+    need("tcmu-runner")
+
+    def start_runner() -> subprocess.Popen:
+        runner = subprocess.Popen(
+            ["tcmu-runner"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        until("tcmu-runner on D-Bus", lambda: runner.poll() is not None or _runner_listed(), 90)
+        assert runner.poll() is None, f"tcmu-runner exited: {runner.stderr.read()}"  # type: ignore[union-attr]
+        return runner
+
+    runner = start_runner()
+    served = Served(tmp_path / "state", [], PORT, lio=True).start(timeout=120)
+    try:
+        until("the daemon to register", lambda: handler_mode(served) == "registered", 60)
+        helped = targetcli_ok("/backstores/user:preserve", "help", "create")
+        assert "cfgstring=db0" in helped, helped
+        done = targetcli(
+            "/backstores/user:preserve", "create", "name=x", "size=16M", "cfgstring=a/b"
+        )
+        assert "bad LUN name 'a/b'" in done.stdout + done.stderr  # forwarded by tcmu-runner
+        targetcli_ok("/backstores/user:preserve", "create", "name=db0", "size=16M", "cfgstring=db0")
+        until("the daemon to serve db0", lambda: uio_of(served, "db0"))
+
+        runner.terminate()
+        runner.wait(30)
+        until("the daemon to stand in", lambda: handler_mode(served) == "stand-in", 60)
+        runner = start_runner()  # it turns the reply mode on again; the daemon off
+        until("the daemon to register again", lambda: handler_mode(served) == "registered", 60)
+        targetcli_ok("/backstores/user:preserve", "create", "name=db1", "size=8M", "cfgstring=db1")
+        until("the daemon to serve db1", lambda: uio_of(served, "db1"))
+        export_with_targetcli("db1")
+        out = run(
+            "qemu-io",
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x4e 0 1M",
+            "-c",
+            "read -P 0x4e 0 1M",
+            served.url(0),
+        )
+        assert "Pattern verification failed" not in out, out
+    finally:
+        targetcli("clearconfig", "confirm=True")
+        served.stop()
+        runner.terminate()
+        runner.wait(30)
+
+
+def _runner_listed() -> bool:
+    done = subprocess.run(
+        [
+            "dbus-send",
+            "--system",
+            "--print-reply",
+            "--dest=org.kernel.TCMUService1",
+            "/org/kernel/TCMUService1",
+            "org.freedesktop.DBus.ObjectManager.GetManagedObjects",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode == 0 and "fbo" in done.stdout  # tcmu-runner's own handler
