@@ -111,21 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
 SHELL_WORDS = frozenset({"ls", "cd", "pwd", "help", "exit", "bookmarks", "get", "set"})
 
 
-def shell_route(argv: Sequence[str]) -> tuple[str | None, list[str]] | None:
-    """``(state_dir, shell words)`` when ``argv`` is for the interactive shell: nothing
-    (or only ``--state-dir DIR``) opens it; a path (``/preserve/lun0 preserve``) or a
-    shell-only command (``ls``) runs one shell command. None: a subcommand (argparse)."""
+def shell_route(argv: Sequence[str]) -> tuple[str | None, list[str], bool] | None:
+    """``(state_dir, shell words, json)`` when ``argv`` is for the interactive shell:
+    nothing (or only ``--state-dir DIR``) opens it; a path (``/preserve/lun0
+    preserve``) or a shell-only command (``ls``) runs one shell command, printing the
+    daemon's reply as JSON after ``--json``. None: a subcommand (argparse)."""
     state_dir: str | None = None
+    as_json = False
     rest = list(argv)
-    while rest and (rest[0] == "--state-dir" or rest[0].startswith("--state-dir=")):
-        if rest[0] == "--state-dir":
+    while rest and (rest[0] in ("--state-dir", "--json") or rest[0].startswith("--state-dir=")):
+        if rest[0] == "--json":
+            as_json, rest = True, rest[1:]
+        elif rest[0] == "--state-dir":
             if len(rest) < 2:
                 return None  # argparse says what is missing
             state_dir, rest = rest[1], rest[2:]
         else:
             state_dir, rest = rest[0].partition("=")[2], rest[1:]
+    if as_json and not rest:
+        return None  # --json alone: argparse says a command is missing
     if not rest or rest[0].startswith(("/", "@")) or rest[0] in (".", "..", *SHELL_WORDS):
-        return state_dir, rest
+        return state_dir, rest, as_json
     return None
 
 
@@ -135,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if route is not None:
         from .ui import run_shell  # configshell's imports are for the shell alone
 
-        state_dir, words = route
-        return run_shell(state_dir, words)
+        state_dir, words, as_json = route
+        return run_shell(state_dir, words, as_json=as_json)
     args = build_parser().parse_args(argv)
     args.state_dir = getattr(args, "state_dir", None)
     args.json = getattr(args, "json", False)

@@ -19,6 +19,7 @@ node stays in the tree.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -72,7 +73,10 @@ class UINode(ConfigNode):
         except (PreserveError, OSError) as err:
             self.shell.fail(err)
             return None
-        self.show(cli.render(command, result))
+        if self.root.as_json:
+            self.show(json.dumps(result, indent=2) + "\n")
+        else:
+            self.show(cli.render(command, result))
         return result
 
     def show(self, text: str) -> None:
@@ -118,6 +122,7 @@ class UIRoot(UINode):
     def __init__(self, shell: Any, state_dir: str | None) -> None:
         ConfigNode.__init__(self, "/", shell=shell)
         self.state_dir = state_dir
+        self.as_json = False  # print the daemon's replies as JSON (one-shot --json)
         self.as_root = os.geteuid() == 0  # targetcli's nodes ask (privileged commands)
         self.status: dict[str, Any] | None = None
         self.daemon_error: BaseException | None = None

@@ -107,12 +107,15 @@ def _usable(path: Path | None) -> str | None:
     return str(path) if os.access(path, os.W_OK | os.X_OK) else None
 
 
-def run_shell(state_dir: str | None, words: list[str], home: Path | None = None) -> int:
+def run_shell(
+    state_dir: str | None, words: list[str], home: Path | None = None, as_json: bool = False
+) -> int:
     """Open the shell (``words`` empty) or run the one shell command ``words`` and exit
-    with its status."""
+    with its status; ``as_json``: the daemon's replies are printed as JSON."""
     try:
         shell = PreserveShell(home if home is not None else prefs_dir())
         root = UIRoot(shell, state_dir)
+        root.as_json = as_json
         if words:
             return one_shot(shell, root, " ".join(words))
         return interactive(shell, root)

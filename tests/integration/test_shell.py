@@ -5,6 +5,7 @@ user types: configshell-fb's own command lines and completer in-process, and
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -159,6 +160,11 @@ def test_one_shot_as_a_process(served: Served, tmp_path: Path) -> None:
     done = run(served, "ls", "/preserve/lun0", home=home)
     assert done.returncode == 0, done.stderr
     assert re.search(r"o- gen1 \.+ \[live, preserve 1 at seq", done.stdout), done.stdout
+    # --json: the daemon's reply as the one-shot CLI prints it, for scripts
+    done = run(served, "--json", "/preserve/lun0", "preserve", "wait=true", home=home)
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    assert reply["id"] == 2 and reply["luns"][0]["preserved"]["state"] == "frozen"
     done = run(served, "/preserve/nope", "preserve", home=home)
     assert done.returncode == 2
     assert done.stderr.strip() == "No such path /preserve/nope"

@@ -22,17 +22,20 @@ from targetcli_preserve.ui.shell import PreserveShell, prefs_dir, run_shell
 @pytest.mark.parametrize(
     "argv,route",
     [
-        ([], (None, [])),
-        (["--state-dir", "/s"], ("/s", [])),
-        (["--state-dir=/s"], ("/s", [])),
-        (["/preserve/lun0", "preserve"], (None, ["/preserve/lun0", "preserve"])),
-        (["--state-dir", "/s", "/preserve", "ls"], ("/s", ["/preserve", "ls"])),
-        (["ls"], (None, ["ls"])),
-        (["help", "preserve"], (None, ["help", "preserve"])),
+        ([], (None, [], False)),
+        (["--state-dir", "/s"], ("/s", [], False)),
+        (["--state-dir=/s"], ("/s", [], False)),
+        (["/preserve/lun0", "preserve"], (None, ["/preserve/lun0", "preserve"], False)),
+        (["--state-dir", "/s", "/preserve", "ls"], ("/s", ["/preserve", "ls"], False)),
+        (["ls"], (None, ["ls"], False)),
+        (["help", "preserve"], (None, ["help", "preserve"], False)),
         (["status"], None),  # the subcommands stay argparse's
         (["preserve", "lun0"], None),
         (["create", "db", "1G"], None),
         (["--json", "status"], None),
+        (["--json", "/preserve", "status"], (None, ["/preserve", "status"], True)),
+        (["--state-dir", "/s", "--json", "ls"], ("/s", ["ls"], True)),
+        (["--json"], None),
         (["--state-dir", "/s", "luns"], None),
         (["--help"], None),
         (["--state-dir"], None),  # argparse says what is missing
