@@ -14,6 +14,7 @@ Runs in the guest of scripts/test-lio (or on any machine with LIO, as root); els
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,13 +31,20 @@ PORT = 3260
 QEMU_INITIATOR = "iqn.2008-11.org.linux-kvm"
 INQ_INITIATOR = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-inq"
 CLI = [sys.executable, "-m", "targetcli_preserve.cli"]
+DAEMON = Path("/usr/local/bin/targetcli-preserved")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _lio_here() -> None:
     require_lio("targetcli", "qemu-io", "qemu-img", "iscsi-inq", "dbus-send")
+    if shutil.which("targetcli-preserved") is None:  # the guest runs the checkout: a
+        DAEMON.write_text(  # stand-in for the entry point a package would install
+            f"#!/bin/sh\nPYTHONPATH={Path.cwd()} exec {sys.executable} "
+            '-m targetcli_preserve.daemon "$@"\n'
+        )
+        DAEMON.chmod(0o755)
     # what an appliance's package does: the D-Bus policy (and unit, udev rule) in /etc
-    run(*CLI, "install-system")
+    print(run(*CLI, "install-system"))
 
 
 def targetcli(*command: str, timeout: float = 180) -> subprocess.CompletedProcess:
