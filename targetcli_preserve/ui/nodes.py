@@ -157,27 +157,11 @@ class UIRoot(UINode):
         return f"{self.status['fabric']} target, state {self.status['state_dir']}", True
 
     def ui_command_ls(self, path: str | None = None, depth: str | None = None) -> None:
-        """
-        Display the tree below the current node or below path, each node with its
-        summary in brackets: a LUN's size, live volume and last preserve; a
-        generation's state, the preserve that made it and its file.
-
-        The tree is read from the daemon before every command, so new LUNs and
-        new generations show at once.
-
-        EXAMPLES
-        ========
-        ls
-        ls /preserve depth=1
-        ls /preserve/lun0
-
-        SEE ALSO
-        ========
-        cd status volumes
-        """
         super().ui_command_ls(path, depth)
         if self.lio_note and (path is None or self.get_node(path) is self):
             self.show(self.lio_note + "\n")
+
+    ui_command_ls.__doc__ = UINode.ui_command_ls.__doc__  # help shows the same text
 
 
 class UIPreserve(UINode):

@@ -51,3 +51,41 @@ def until(what: str, probe: Callable[[], T], timeout: float = 60) -> T:
 def uio_of(served: Served, name: str) -> str | None:
     """The uio device the daemon serves LUN ``name`` through, or None."""
     return served.call("status", name=name)["luns"][0]["tcmu"]["uio"]
+
+
+def start_tcmu_runner() -> subprocess.Popen:
+    """tcmu-runner, once it lists its own handlers on the system D-Bus (it owns the
+    TCM-USER netlink family and has turned the kernel's reply mode on by then)."""
+    need("tcmu-runner")
+    runner = subprocess.Popen(
+        ["tcmu-runner"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    until("tcmu-runner on D-Bus", lambda: runner.poll() is not None or _runner_listed(), 90)
+    if runner.poll() is not None:
+        said = runner.stderr.read() if runner.stderr else ""
+        raise AssertionError(f"tcmu-runner exited: {said}")
+    return runner
+
+
+def stop_tcmu_runner(runner: subprocess.Popen) -> None:
+    runner.terminate()
+    runner.wait(30)
+
+
+def _runner_listed() -> bool:
+    """tcmu-runner (not a stand-in) answers on D-Bus: it lists its own handler fbo."""
+    done = subprocess.run(
+        [
+            "dbus-send",
+            "--system",
+            "--print-reply",
+            "--dest=org.kernel.TCMUService1",
+            "/org/kernel/TCMUService1",
+            "org.freedesktop.DBus.ObjectManager.GetManagedObjects",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode == 0 and "fbo" in done.stdout

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from configshell_fb import shell as configshell_module
 from helpers.served import IQN, Served
+from helpers.shell_testlib import complete
 
 from targetcli_preserve.ui.nodes import UIGeneration, UIRoot
 from targetcli_preserve.ui.shell import PreserveShell
@@ -54,21 +54,6 @@ def run(served: Served, *argv: str, home: Path) -> subprocess.CompletedProcess:
         env={**os.environ, "TARGETCLI_PRESERVE_HOME": str(home)},
         check=False,
     )
-
-
-def complete(shell: PreserveShell, line: str, monkeypatch) -> list[str]:
-    """What Tab offers at the end of ``line`` (configshell's completer, as readline
-    calls it)."""
-    text = line.rsplit(" ", 1)[-1]
-    rl = configshell_module.readline
-    monkeypatch.setattr(rl, "get_line_buffer", lambda: line)
-    monkeypatch.setattr(rl, "get_begidx", lambda: len(line) - len(text))
-    monkeypatch.setattr(rl, "get_endidx", lambda: len(line))
-    found, state = [], 0
-    while (match := shell._complete(text, state)) is not None:
-        found.append(match)
-        state += 1
-    return found
 
 
 def test_a_preserve_from_the_shell_is_a_new_generation(shell: PreserveShell, capsys) -> None:

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import pytest
 from helpers.conformance import run_suite
-from helpers.lio_testlib import require_lio, run, uio_of, until
+from helpers.lio_testlib import (
+    require_lio,
+    run,
+    start_tcmu_runner,
+    stop_tcmu_runner,
+    uio_of,
+    until,
+)
 from helpers.preserve_load import (
     LUN_SIZE,
     MIN_INFLIGHT,
@@ -401,17 +408,8 @@ def test_beside_a_running_tcmu_runner(serve):
     """tcmu-runner owns the TCM-USER netlink family and turns on the kernel's reply
     mode; it answers a device-add for a handler it does not know with an error. The
     daemon's backstores are made with nl_reply_supported=-1, so they work beside it."""
-    need("tcmu-runner")
-    runner = subprocess.Popen(
-        ["tcmu-runner"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    runner = start_tcmu_runner()
     try:
-        until(
-            "tcmu-runner to own the TCM-USER netlink family",
-            lambda: runner.poll() is not None or _tcmu_runner_ready(),
-            timeout=90,
-        )
-        assert runner.poll() is None, f"tcmu-runner exited: {runner.stderr.read()}"  # type: ignore[union-attr]
         served = serve("db0:8M")
         assert uio_of(served, "db0")
         out = run(
@@ -426,27 +424,7 @@ def test_beside_a_running_tcmu_runner(serve):
         )
         assert "Pattern verification failed" not in out, out
     finally:
-        runner.terminate()
-        runner.wait(30)
-
-
-def _tcmu_runner_ready() -> bool:
-    """tcmu-runner has registered with the kernel: it lists its handlers on D-Bus."""
-    done = subprocess.run(
-        [
-            "dbus-send",
-            "--system",
-            "--print-reply",
-            "--dest=org.kernel.TCMUService1",
-            "/org/kernel/TCMUService1",
-            "org.freedesktop.DBus.ObjectManager.GetManagedObjects",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return done.returncode == 0
+        stop_tcmu_runner(runner)
 
 
 # -- TCM-USER netlink: a reconfiguration of the LUN's backstore ---------------------------

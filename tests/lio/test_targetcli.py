@@ -21,10 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.lio_testlib import require_lio, run, uio_of, until
+from helpers.lio_testlib import (
+    require_lio,
+    run,
+    start_tcmu_runner,
+    stop_tcmu_runner,
+    uio_of,
+    until,
+)
 from helpers.preserve_load import LUN_SIZE, check_lun_data, enough_concurrency, run_load_with_cut
 from helpers.served import IQN, Served
-from helpers.skips import need
 
 PORT = 3260
 # initiator names the ACLs admit: qemu's (qemu-io, qemu-img) and iscsi-inq's defaults
@@ -163,17 +169,7 @@ def test_beside_tcmu_runner_a_stock_create_works(tmp_path):
     """tcmu-runner running: the daemon registers with it, turns the netlink reply mode
     off (else tcmu-runner fails the device-add of our handler), and registers again
     when tcmu-runner restarts."""
-    need("tcmu-runner")
-
-    def start_runner() -> subprocess.Popen:
-        runner = subprocess.Popen(
-            ["tcmu-runner"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        until("tcmu-runner on D-Bus", lambda: runner.poll() is not None or _runner_listed(), 90)
-        assert runner.poll() is None, f"tcmu-runner exited: {runner.stderr.read()}"  # type: ignore[union-attr]
-        return runner
-
-    runner = start_runner()
+    runner = start_tcmu_runner()
     served = Served(tmp_path / "state", [], PORT, lio=True).start(timeout=120)
     try:
         until("the daemon to register", lambda: handler_mode(served) == "registered", 60)
@@ -186,10 +182,9 @@ def test_beside_tcmu_runner_a_stock_create_works(tmp_path):
         targetcli_ok("/backstores/user:preserve", "create", "name=db0", "size=16M", "cfgstring=db0")
         until("the daemon to serve db0", lambda: uio_of(served, "db0"))
 
-        runner.terminate()
-        runner.wait(30)
+        stop_tcmu_runner(runner)
         until("the daemon to stand in", lambda: handler_mode(served) == "stand-in", 60)
-        runner = start_runner()  # it turns the reply mode on again; the daemon off
+        runner = start_tcmu_runner()  # it turns the reply mode on again; the daemon off
         until("the daemon to register again", lambda: handler_mode(served) == "registered", 60)
         targetcli_ok("/backstores/user:preserve", "create", "name=db1", "size=8M", "cfgstring=db1")
         until("the daemon to serve db1", lambda: uio_of(served, "db1"))
@@ -208,23 +203,4 @@ def test_beside_tcmu_runner_a_stock_create_works(tmp_path):
     finally:
         targetcli("clearconfig", "confirm=True")
         served.stop()
-        runner.terminate()
-        runner.wait(30)
-
-
-def _runner_listed() -> bool:
-    done = subprocess.run(
-        [
-            "dbus-send",
-            "--system",
-            "--print-reply",
-            "--dest=org.kernel.TCMUService1",
-            "/org/kernel/TCMUService1",
-            "org.freedesktop.DBus.ObjectManager.GetManagedObjects",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return done.returncode == 0 and "fbo" in done.stdout  # tcmu-runner's own handler
+        stop_tcmu_runner(runner)

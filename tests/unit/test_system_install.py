@@ -238,20 +238,6 @@ def test_reloads_run_only_what_runs_and_a_failure_is_a_warning(
     assert warnings == []
 
 
-def test_the_real_reload_commands() -> None:
-    commands = {what: cmd for what, _, _, cmd in system_install.RELOADS}
-    assert commands["systemd"] == ["systemctl", "daemon-reload"]
-    assert commands["udev"] == ["udevadm", "control", "--reload"]
-    assert commands["D-Bus"] == [
-        "dbus-send",
-        "--system",
-        "--type=method_call",
-        "--dest=org.freedesktop.DBus",
-        "/",
-        "org.freedesktop.DBus.ReloadConfig",
-    ]
-
-
 # ---- the unit ----------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from configshell_fb import shell as configshell_module
+from helpers.shell_testlib import complete
 
 from targetcli_preserve import cli
 from targetcli_preserve.exits import ExitCode
@@ -66,21 +66,6 @@ def shell(tmp_path: Path):
     sh = PreserveShell(tmp_path / "home")
     nodes.UIRoot(sh, str(tmp_path / "no-daemon"))
     return sh
-
-
-def complete(shell: PreserveShell, line: str, monkeypatch) -> list[str]:
-    """What Tab offers at the end of ``line``: configshell's own completer, called the
-    way readline calls it."""
-    text = line.rsplit(" ", 1)[-1]
-    rl = configshell_module.readline
-    monkeypatch.setattr(rl, "get_line_buffer", lambda: line)
-    monkeypatch.setattr(rl, "get_begidx", lambda: len(line) - len(text))
-    monkeypatch.setattr(rl, "get_endidx", lambda: len(line))
-    found, state = [], 0
-    while (match := shell._complete(text, state)) is not None:
-        found.append(match)
-        state += 1
-    return found
 
 
 def test_cd_help_and_completion_as_typed(shell: PreserveShell, capsys, monkeypatch) -> None:
