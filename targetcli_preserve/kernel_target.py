@@ -142,7 +142,10 @@ class KernelTarget:
 
     def configure(self, names: list[str]) -> None:
         """Make or find the backstores of served LUNs ``names`` and export them on the
-        daemon's own target (``--iqn``, ``--portal``) at their LUN numbers."""
+        daemon's own target (``--iqn``, ``--portal``) at their LUN numbers. Without any
+        (no ``--lun``), the daemon makes no target of its own."""
+        if not names:
+            return
         for name in names:
             record = self.luns.catalog.luns[name]
             backstore = self.lio.backstore(name, record.size, record.wwn, MAX_TRANSFER_BYTES // 512)

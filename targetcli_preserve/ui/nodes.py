@@ -300,13 +300,15 @@ class UILun(UINode):
         super().__init__(name, parent)
         self.status: dict[str, Any] = {}
         self.volumes: list[dict[str, Any]] = []
+        self.volumes_error: str | None = None  # why its generations are not shown
 
     def update(self, status: dict[str, Any]) -> None:
         self.status = status
         try:
             self.volumes = cli.request_volumes(self.root.state_dir, self.name)
-        except (PreserveError, OSError):  # gone between the two requests
-            self.volumes = []
+            self.volumes_error = None
+        except (PreserveError, OSError) as err:  # e.g. gone between the two requests
+            self.volumes, self.volumes_error = [], message(err)
         gens = {f"gen{vol['generation']}": vol for vol in self.volumes}
         for node in self.sync(gens, lambda name: UIGeneration(name, self)):
             node.volume = gens[node.name]
@@ -319,6 +321,8 @@ class UILun(UINode):
         if self.status["draining"]:
             text += f", {self.status['draining']} draining"
         text += f", last preserve {cli.preserve_text(last)}" if last else ", never preserved"
+        if self.volumes_error is not None:
+            text += f", generations unknown: {self.volumes_error}"
         return text, not any(vol["damaged"] for vol in self.volumes)
 
     def ui_command_preserve(self, wait: str = "false") -> None:

@@ -9,6 +9,7 @@ Preferences and history live in ``$TARGETCLI_PRESERVE_HOME`` or the user's confi
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -102,6 +103,9 @@ def _usable(path: Path | None) -> str | None:
         return None
     try:
         path.mkdir(parents=True, exist_ok=True)
+        prefs_file = path / "prefs.bin"
+        if not prefs_file.exists():  # configshell 1.1 warns on every first start otherwise
+            prefs_file.write_bytes(pickle.dumps({}))
     except OSError:
         return None
     return str(path) if os.access(path, os.W_OK | os.X_OK) else None
