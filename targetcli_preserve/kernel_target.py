@@ -85,7 +85,7 @@ from .lio import SUBTYPE, Backstore, Lio, config_string
 from .options import LunSpec
 from .scsi.lu import MAX_TRANSFER_BYTES
 from .serving import LunSet
-from .tcmu.dbus_service import DBusUnavailable, HandlerService
+from .tcmu.dbus_service import DBusUnavailable, HandlerService, Mode
 from .tcmu.handler import RingServer
 from .tcmu.netlink import Event, Kind, NetlinkUnavailable, TcmuNetlink, set_reply_mode
 from .tcmu.ring import TcmuRing
@@ -131,7 +131,7 @@ class KernelTarget:
         )
 
     @property
-    def dbus_mode(self) -> str:
+    def dbus_mode(self) -> Mode:
         """How stock targetcli learns of ``user:preserve``: "registered" with
         tcmu-runner, "stand-in" for it, or "off" (no system bus)."""
         return self._dbus.mode

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -86,6 +87,14 @@ s = str
 bs = list[bool | str]
 
 Check = Callable[[str], str | None]  # full "subtype/cfg" -> None if OK, else the reason
+
+
+class Mode(enum.StrEnum):
+    """How the handler is known on the bus (the module docstring says what each means)."""
+
+    REGISTERED = "registered"
+    STAND_IN = "stand-in"
+    OFF = "off"
 
 
 class DBusUnavailable(PreserveError):
@@ -173,7 +182,7 @@ class HandlerService:
         self._on_runner = on_runner
         self._bus_address = bus_address
         self._bus: MessageBus | None = None
-        self._mode = "off"
+        self._mode = Mode.OFF
         self._registered_with: str | None = None  # the tcmu-runner's unique name
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -181,7 +190,7 @@ class HandlerService:
         self._closed = False
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         """``registered``, ``stand-in`` or ``off``."""
         return self._mode
 
@@ -300,7 +309,7 @@ class HandlerService:
 
     async def _drop(self) -> None:
         bus, self._bus = self._bus, None
-        self._mode = "off"
+        self._mode = Mode.OFF
         self._registered_with = None
         watch, self._disconnect_watch = self._disconnect_watch, None
         if watch is not None and watch is not asyncio.current_task():
@@ -386,10 +395,10 @@ class HandlerService:
         if owner == me:
             queued = await self._call(_BUS, _BUS_PATH, _BUS, "ListQueuedOwners", "s", [SERVICE])
             if all(name == me for name in queued[0]):
-                self._mode = "stand-in"
+                self._mode = Mode.STAND_IN
                 return
             log.info("tcmu-runner wants %s: handing it over", SERVICE)
-            self._mode = "off"
+            self._mode = Mode.OFF
             await self._call(_BUS, _BUS_PATH, _BUS, "ReleaseName", "s", [SERVICE])
             owner = await self._owner()
         if owner is None:
@@ -397,21 +406,21 @@ class HandlerService:
                 _BUS, _BUS_PATH, _BUS, "RequestName", "su", [SERVICE, NameFlag.DO_NOT_QUEUE.value]
             )
             if reply[0] in (1, 4):  # PRIMARY_OWNER, ALREADY_OWNER
-                if self._mode != "stand-in":
+                if self._mode is not Mode.STAND_IN:
                     log.info("no tcmu-runner: standing in as %s for user:%s", SERVICE, self.subtype)
-                self._mode = "stand-in"
+                self._mode = Mode.STAND_IN
                 self._registered_with = None
                 return
             owner = await self._owner()  # EXISTS: somebody was quicker
             if owner is None:
                 raise ConnectionError(f"{SERVICE} has no owner, but could not be owned")
         if owner == me:
-            self._mode = "stand-in"
+            self._mode = Mode.STAND_IN
             return
         if self._registered_with == owner:
-            self._mode = "registered"
+            self._mode = Mode.REGISTERED
             return
-        self._mode = "off"
+        self._mode = Mode.OFF
         self._registered_with = None
         ok, reason = await self._call(
             owner,
@@ -425,7 +434,7 @@ class HandlerService:
             raise _CallFailed("RegisterHandler", f"tcmu-runner ({owner}) refused: {reason}")
         log.info("registered user:%s with tcmu-runner (%s)", self.subtype, owner)
         self._registered_with = owner
-        self._mode = "registered"
+        self._mode = Mode.REGISTERED
         if self._on_runner is not None:
             try:
                 self._on_runner()
@@ -443,7 +452,7 @@ class HandlerService:
                 self._wake.clear()
                 await self._reconcile()
                 backoff = BACKOFF_MIN
-                wait = QUEUE_POLL if self._mode == "stand-in" else RECHECK
+                wait = QUEUE_POLL if self._mode is Mode.STAND_IN else RECHECK
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.CancelledError:
@@ -458,6 +467,6 @@ class HandlerService:
                 )
                 if self._bus is None or not self._bus.connected:
                     await self._drop()
-                self._mode = "off" if self._bus is None else self._mode
+                self._mode = Mode.OFF if self._bus is None else self._mode
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
