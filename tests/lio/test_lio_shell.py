@@ -39,6 +39,8 @@ def served(tmp_path: Path):
         lio.Lio().remove(IQN, ["shell0"])
 
 
+# configshell pads a node's line with dots up to the console width (80 off a terminal);
+# a long summary (a path under pytest's tmp dir) leaves no room for them, hence \.*
 def shell(served: Served, home: Path, *words: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*CLI, "--state-dir", str(served.state_dir), *words],
@@ -53,7 +55,7 @@ def shell(served: Served, home: Path, *words: str) -> subprocess.CompletedProces
 def test_ls_shows_preserve_and_targetcli_nodes(served: Served, tmp_path: Path) -> None:
     done = shell(served, tmp_path / "home", "ls", "/", "depth=1")
     assert done.returncode == 0, done.stderr
-    assert re.search(r"o- preserve \.+ \[LUNs: 1, ", done.stdout), done.stdout
+    assert re.search(r"o- preserve \.* \[LUNs: 1, ", done.stdout), done.stdout
     assert "lio target" in done.stdout.splitlines()[0]
     # the guest has Debian's targetcli-fb: there its nodes must show
     if os.environ.get("GUEST_RUN") or importlib.util.find_spec("targetcli") is not None:
@@ -70,4 +72,4 @@ def test_preserve_from_the_shell_through_lio(served: Served, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert re.search(r"^preserve 1 at seq \d+ ", done.stdout, re.MULTILINE), done.stdout
     done = shell(served, tmp_path / "home", "ls", "/preserve/shell0")
-    assert re.search(r"o- gen1 \.+ \[live, preserve 1 at seq", done.stdout), done.stdout
+    assert re.search(r"o- gen1 \.* \[live, preserve 1 at seq", done.stdout), done.stdout
