@@ -114,8 +114,9 @@ SHELL_WORDS = frozenset({"ls", "cd", "pwd", "help", "exit", "bookmarks", "get", 
 def shell_route(argv: Sequence[str]) -> tuple[str | None, list[str], bool] | None:
     """``(state_dir, shell words, json)`` when ``argv`` is for the interactive shell:
     nothing (or only ``--state-dir DIR``) opens it; a path (``/preserve/lun0
-    preserve``) or a shell-only command (``ls``) runs one shell command, printing the
-    daemon's reply as JSON after ``--json``. None: a subcommand (argparse)."""
+    preserve``) or a shell-only command (``ls``) runs one shell command. After
+    ``--json`` the daemon's replies are printed as JSON (for scripts that drive the
+    shell). None: a subcommand (argparse)."""
     state_dir: str | None = None
     as_json = False
     rest = list(argv)
@@ -128,8 +129,6 @@ def shell_route(argv: Sequence[str]) -> tuple[str | None, list[str], bool] | Non
             state_dir, rest = rest[1], rest[2:]
         else:
             state_dir, rest = rest[0].partition("=")[2], rest[1:]
-    if as_json and not rest:
-        return None  # --json alone: argparse says a command is missing
     if not rest or rest[0].startswith(("/", "@")) or rest[0] in (".", "..", *SHELL_WORDS):
         return state_dir, rest, as_json
     return None

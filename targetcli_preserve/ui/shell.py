@@ -65,12 +65,24 @@ class PreserveShell(ConfigShell):
         self.failure = exit_code(err) if code is None else code
 
     def run_cmdline(self, cmdline: str) -> None:
-        """Every command line sees the daemon as it is now: the tree is refreshed first."""
+        """The tree is read from the daemon before it is shown or walked (``ls``,
+        ``cd``, a path not in the tree yet), so it has the LUNs and generations made
+        since, by anyone. The other commands ask the daemon themselves: a preserve
+        typed at a LUN runs at once, without reading the tree first."""
         self.failure = ExitCode.OK
         _bind_streams()
-        if cmdline and isinstance(self._root_node, UIRoot):
+        if cmdline and isinstance(self._root_node, UIRoot) and self._shows_tree(cmdline):
             self._root_node.refresh()
         super().run_cmdline(cmdline)
+
+    def _shows_tree(self, cmdline: str) -> bool:
+        words = cmdline.split()  # configshell parses it fully next; this is cheaper
+        path = words.pop(0) if words and words[0].startswith(("/", ".", "@")) else "."
+        try:
+            self._current_node.get_node(path)
+        except ValueError:  # not in the tree yet (or a typo configshell reports)
+            return True
+        return (words[0] if words else "") in TREE_COMMANDS
 
     def _complete_token_kparam(
         self, text: str, path: str, command: str, pparams: list[str], kparams: dict[str, str]
@@ -79,6 +91,10 @@ class PreserveShell(ConfigShell):
         (IndexError) past the last one: ``preserve lun0 db wait=<Tab>`` (``*luns``)."""
         named = self._current_node.get_node(path).get_command_signature(command)[0]
         return super()._complete_token_kparam(text, path, command, pparams[: len(named)], kparams)
+
+
+# commands that show or walk the tree ("": a bare path, which configshell takes as cd)
+TREE_COMMANDS = frozenset({"ls", "cd", ""})
 
 
 def _bind_streams() -> None:

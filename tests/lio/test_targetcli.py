@@ -13,7 +13,6 @@ Runs in the guest of scripts/test-lio (or on any machine with LIO, as root); els
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from helpers.lio_testlib import (
 )
 from helpers.preserve_load import LUN_SIZE, check_lun_data, enough_concurrency, run_load_with_cut
 from helpers.served import IQN, Served
+from helpers.shell_session import ShellSession
 
 PORT = 3260
 # initiator names the ACLs admit: qemu's (qemu-io, qemu-img) and iscsi-inq's defaults
@@ -79,6 +79,20 @@ def daemon(tmp_path: Path) -> Iterator[Served]:
         served.stop()
 
 
+def _make_and_export(name: str, lun: int) -> None:
+    """One more targetcli-made LUN on the target export_with_targetcli made (LUN lun)."""
+    targetcli_ok(
+        "/backstores/user:preserve",
+        "create",
+        f"name={name}",
+        f"size={LUN_SIZE}",
+        f"cfgstring={name}",
+    )
+    targetcli_ok(
+        f"/iscsi/{IQN}/tpg1/luns", "create", f"/backstores/user:preserve/{name}", f"lun={lun}"
+    )
+
+
 def handler_mode(served: Served) -> str:
     return served.call("status")["dbus"]
 
@@ -94,21 +108,6 @@ def export_with_targetcli(backstore: str) -> None:
     portals = targetcli_ok(f"{tpg}/portals", "ls")
     if "0.0.0.0:3260" not in portals:  # targetcli adds it unless its prefs say otherwise
         targetcli_ok(f"{tpg}/portals", "create", "0.0.0.0", str(PORT))
-
-
-def shell_preserve(served: Served, names: list[str]) -> dict:
-    """The cut, taken from the targetcli-preserve shell (one-shot, as a script would)."""
-    path = "/preserve" if len(names) > 1 else f"/preserve/{names[0]}"
-    args = ["preserve", *names] if len(names) > 1 else ["preserve"]
-    done = subprocess.run(
-        [*CLI, "--state-dir", str(served.state_dir), "--json", path, *args, "wait=true"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout)
 
 
 def test_targetcli_lists_explains_and_refuses(daemon):
@@ -130,7 +129,7 @@ def test_targetcli_create_export_and_an_exact_preserve_from_our_shell(daemon, tm
         "/backstores/user:preserve", "create", "name=db0", f"size={LUN_SIZE}", "cfgstring=db0"
     )
     assert "Created user-backed storage object db0" in made, made
-    uio = until("the daemon to serve db0", lambda: uio_of(daemon, "db0"))
+    until("the daemon to serve db0", lambda: uio_of(daemon, "db0"))
     lun = daemon.json("luns")[0]
     assert (lun["name"], lun["size"], lun["served"]) == ("db0", LUN_SIZE, True)
     # the same backstore again for the same LUN is refused: one backstore per LUN
@@ -154,15 +153,35 @@ def test_targetcli_create_export_and_an_exact_preserve_from_our_shell(daemon, tm
     )
     assert refused.returncode != 0, refused.stdout
 
-    loads, cut, ks = run_load_with_cut(
-        daemon, [0], ["db0"], seed=23, cut=lambda names: shell_preserve(daemon, names)
-    )
-    entry = cut["luns"][0]
-    check_lun_data(daemon, tmp_path, 0, entry, loads[0], ks[0])
-    print(
-        f"targetcli-made LUN through {uio}: cut after {ks[0]} writes, "
-        f"{entry['inflight_at_cut']} in flight (enough: {enough_concurrency(entry)})"
-    )
+    # the preserve typed into our shell, kept open as an administrator has it, in the
+    # middle of the burst; checked byte for byte as the other preserve tests do, and
+    # tried again on a fresh LUN (at most 3 times) while it found too few commands in
+    # flight (the guest runs under emulation)
+    session = ShellSession(daemon.state_dir, tmp_path / "home")
+    try:
+        for attempt in range(1, 4):
+            name = "db0" if attempt == 1 else f"db0x{attempt}"
+            if attempt > 1:
+                _make_and_export(name, lun=attempt - 1)
+                until(f"the daemon to serve {name}", lambda name=name: uio_of(daemon, name))
+            loads, cut, ks = run_load_with_cut(
+                daemon,
+                [attempt - 1],
+                [name],
+                seed=23 + attempt,
+                cut=lambda names: session.reply(f"/preserve/{names[0]} preserve wait=true"),
+            )
+            entry = cut["luns"][0]
+            check_lun_data(daemon, tmp_path, attempt - 1, entry, loads[0], ks[0])
+            print(
+                f"targetcli-made LUN {name} through {uio_of(daemon, name)}, attempt {attempt}: cut after "
+                f"{ks[0]} writes, {entry['inflight_at_cut']} in flight"
+            )
+            if enough_concurrency(entry):
+                return
+        raise AssertionError("3 attempts, never enough commands in flight at the cut")
+    finally:
+        assert session.close() == 0, session.output()
 
 
 def test_beside_tcmu_runner_a_stock_create_works(tmp_path):

@@ -35,7 +35,7 @@ from targetcli_preserve.ui.shell import PreserveShell, prefs_dir, run_shell
         (["--json", "status"], None),
         (["--json", "/preserve", "status"], (None, ["/preserve", "status"], True)),
         (["--state-dir", "/s", "--json", "ls"], ("/s", ["ls"], True)),
-        (["--json"], None),
+        (["--json"], (None, [], True)),
         (["--state-dir", "/s", "luns"], None),
         (["--help"], None),
         (["--state-dir"], None),  # argparse says what is missing
