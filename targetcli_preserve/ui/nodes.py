@@ -1,5 +1,5 @@
-"""The shell's tree, built from the daemon's replies and refreshed before every command
-line::
+"""The shell's tree, built from the daemon's replies and refreshed before it is shown or
+walked (shell.py says when)::
 
     /
     o- preserve             the LUNs of the daemon
@@ -98,8 +98,8 @@ class UINode(ConfigNode):
         summary in brackets: a LUN's size, live volume and last preserve; a
         generation's state, the preserve that made it and its file.
 
-        The tree is read from the daemon before every command, so new LUNs and
-        new generations show at once.
+        The tree is read from the daemon first, so new LUNs and new
+        generations show at once.
 
         EXAMPLES
         ========
