@@ -105,6 +105,17 @@ def export_with_targetcli(backstore: str) -> None:
     targetcli_ok(f"{tpg}/luns", "create", f"/backstores/user:preserve/{backstore}")
     for initiator in (QEMU_INITIATOR, INQ_INITIATOR):
         targetcli_ok(f"{tpg}/acls", "create", initiator)
+    # writes up to 256 KiB travel with their command (immediate data), so they reach
+    # the ring in CmdSN order, which the byte-for-byte check assumes (a write that waits
+    # for an R2T reaches it later); the daemon's own export sets the same (lio.py)
+    targetcli_ok(
+        tpg,
+        "set",
+        "parameter",
+        "MaxRecvDataSegmentLength=262144",
+        "FirstBurstLength=262144",
+        "ImmediateData=Yes",
+    )
     portals = targetcli_ok(f"{tpg}/portals", "ls")
     if "0.0.0.0:3260" not in portals:  # targetcli adds it unless its prefs say otherwise
         targetcli_ok(f"{tpg}/portals", "create", "0.0.0.0", str(PORT))
