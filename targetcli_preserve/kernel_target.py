@@ -354,7 +354,15 @@ class KernelTarget:
                 self._detach_later(name)
 
     def _lost(self, name: str, err: BaseException) -> None:
-        log.error("LUN %s: its TCMU ring cannot be served any more: %s", name, err)
+        # Most often an administrator deleted the backstore (targetcli delete or
+        # clearconfig: the ring then fails with EIO before udev reports the removal);
+        # configfs cannot be asked which while the removal runs (see above).
+        log.warning(
+            "LUN %s: its TCMU ring cannot be served any more (%s): its backstore was "
+            "deleted, or the device failed; the LUN stays in the state directory",
+            name,
+            err,
+        )
         self._detach_later(name)
 
     def _detach_later(self, name: str) -> None:
