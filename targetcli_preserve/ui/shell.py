@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-from configshell_fb import ConfigShell, ExecutionError, console, prefs
+from configshell_fb import ConfigShell, ExecutionError, console, log, prefs
 
 from .. import __version__
 from .._errors import PreserveError
@@ -45,6 +45,25 @@ def prefs_dir() -> Path:
     return Path(platformdirs.user_config_dir("targetcli-preserve"))
 
 
+class _QuietDebugLog(log.Log):
+    """configshell's log (a Borg: the same state), without the stack walk its ``debug``
+    makes for every message, wanted or not: ``inspect.stack()`` some 18 times per
+    command line was most of a command's time (12 ms here, over a second under
+    emulation), and a preserve typed into the shell waited for it."""
+
+    def debug(self, msg: str) -> None:
+        level = self.levels.index("debug")
+        prefs = self.prefs
+        if (
+            max(
+                self.levels.index(prefs["loglevel_file"]),
+                self.levels.index(prefs["loglevel_console"]),
+            )
+            >= level
+        ):
+            super().debug(msg)
+
+
 class PreserveShell(ConfigShell):
     default_prefs: ClassVar[dict[str, Any]] = {
         **ConfigShell.default_prefs,
@@ -55,6 +74,7 @@ class PreserveShell(ConfigShell):
     def __init__(self, preferences_dir: Path | None) -> None:
         _fresh_prefs()
         super().__init__(_usable(preferences_dir))
+        self.log = _QuietDebugLog()
         _bind_streams()
         self.failure = ExitCode.OK
 
