@@ -10,14 +10,13 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.dbus_peers import BusDaemon
 from helpers.skips import need, not_applicable
 
 from targetcli_preserve import lio, system_install
@@ -333,50 +332,15 @@ def test_dbus_policy_lets_root_own_the_tcmu_names() -> None:
 
 @pytest.fixture
 def bus(tmp_path: Path) -> Iterator[str]:
-    """A dbus-daemon that denies owning any name but what our policy allows."""
-    daemon = need("dbus-daemon")
-    policy = PACKAGE_SYSTEM / "targetcli-preserve-dbus.conf"
-    sock = tmp_path / "bus"
-    config = tmp_path / "bus.conf"
-    config.write_text(
-        f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:path={sock}</listen>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <allow send_destination="org.freedesktop.DBus"/>
-    <allow receive_sender="org.freedesktop.DBus"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"""
-    )
-    proc = subprocess.Popen(
-        [daemon, f"--config-file={config}", "--nofork", "--nopidfile", "--print-address"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """A dbus-daemon like the system bus (it denies owning any name) with our policy."""
+    need("dbus-daemon")
+    policy = (PACKAGE_SYSTEM / "targetcli-preserve-dbus.conf").read_text()
+    daemon = BusDaemon(tmp_path, {"targetcli-preserve.conf": policy})
+    daemon.start()
     try:
-        address = proc.stdout.readline().strip() if proc.stdout else ""
-        if not address:
-            proc.wait(timeout=30)
-            pytest.fail(
-                f"dbus-daemon refused the policy: {proc.stderr.read() if proc.stderr else ''}"
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket(socket.AF_UNIX) as probe:
-                if probe.connect_ex(str(sock)) == 0:
-                    break
-            time.sleep(0.05)
-        yield address
+        yield daemon.address
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        daemon.stop()
 
 
 def request_name(address: str, name: str) -> subprocess.CompletedProcess[str]:
