@@ -190,7 +190,11 @@ async def serve(config: Config, out: TextIO = sys.stdout) -> None:
     try:
         services = daemon.services
         fabric = " (kernel LIO)" if config.lio else ""
-        print(f"target {config.iqn} on {services.commands.portal}{fabric}", file=out)
+        if config.lio and not config.luns:  # no target of its own (kernel_target.py)
+            where = "the user:preserve backstores made in targetcli (kernel LIO)"
+        else:
+            where = f"target {config.iqn} on {services.commands.portal}{fabric}"
+        print(where, file=out)
         for name, number in sorted(services.lun_numbers.items(), key=lambda item: item[1]):
             record = services.catalog.luns[name]
             live = services.catalog.volume_path(name, record.live.index)
@@ -201,10 +205,7 @@ async def serve(config: Config, out: TextIO = sys.stdout) -> None:
         print(f"state {config.state_dir}; control socket {services.control.path}", file=out)
         print("ready", file=out, flush=True)
         luns = len(services.lun_numbers)
-        notify.ready(
-            f"serving {luns} LUN{'' if luns == 1 else 's'} as {config.iqn}"
-            f" on {services.commands.portal}{fabric}"
-        )
+        notify.ready(f"serving {luns} LUN{'' if luns == 1 else 's'}: {where}")
         await stop.wait()
         notify.stopping()
     finally:

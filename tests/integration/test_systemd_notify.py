@@ -28,7 +28,7 @@ def test_daemon_notifies_ready_and_stopping(
         try:
             ready = _assignments(sock)
             assert ready["READY"] == "1"
-            assert ready["STATUS"] == f"serving 2 LUNs as {IQN} on 127.0.0.1:{served.port}"
+            assert ready["STATUS"] == f"serving 2 LUNs: target {IQN} on 127.0.0.1:{served.port}"
         finally:
             code = served.stop()
         assert code == 0
