@@ -29,7 +29,7 @@ from helpers.lio_testlib import (
     until,
 )
 from helpers.preserve_load import LUN_SIZE, check_lun_data, enough_concurrency, run_load_with_cut
-from helpers.served import IQN, Served
+from helpers.served import IQN, Served, qemu_img_read
 from helpers.shell_session import ShellSession
 
 PORT = 3260
@@ -189,10 +189,18 @@ def test_targetcli_create_export_and_an_exact_preserve_from_our_shell(daemon, tm
                 f"{ks[0]} writes, {entry['inflight_at_cut']} in flight"
             )
             if enough_concurrency(entry):
-                return
-        raise AssertionError("3 attempts, never enough commands in flight at the cut")
+                break
+        else:
+            raise AssertionError("3 attempts, never enough commands in flight at the cut")
     finally:
         assert session.close() == 0, session.output()
+
+    # a restarted daemon serves the backstores targetcli made, with their data
+    live = qemu_img_read(daemon.url(attempt - 1), tmp_path / "before.raw")
+    daemon.stop()
+    daemon.start(timeout=120)
+    until(f"the restarted daemon to serve {name}", lambda: uio_of(daemon, name))
+    assert qemu_img_read(daemon.url(attempt - 1), tmp_path / "after.raw") == live
 
 
 def test_beside_tcmu_runner_a_stock_create_works(tmp_path):
