@@ -8,6 +8,10 @@
     targetcli-preserve [--state-dir DIR] [--json] luns
     targetcli-preserve [--state-dir DIR] [--json] create NAME SIZE
     targetcli-preserve [--json] install-system [--root DIR] [--dry-run]
+    targetcli-preserve [--state-dir DIR] [--json] backup LUN [--preserve ID] --repo REPO
+    targetcli-preserve [--json] verify --repo REPO [BACKUP]
+    targetcli-preserve [--json] restore --repo REPO BACKUP --to PATH
+    targetcli-preserve [--json] backups --repo REPO
 
     targetcli-preserve [--state-dir DIR]                   the interactive shell (ui/)
     targetcli-preserve [--state-dir DIR] PATH COMMAND ...  one shell command (ui/)
@@ -15,7 +19,9 @@
 Every command but ``serve`` and ``install-system`` is one request to a running daemon
 over its control socket (``luns`` reads the state directory itself when no daemon runs);
 ``install-system`` puts the systemd unit, udev rule and D-Bus policy in place
-(system_install.py). Exit codes and error
+(system_install.py); ``backup``, ``verify``, ``restore`` and ``backups`` work on a
+backup repository (backup/; ``backup`` asks the daemon which volume is frozen, or reads
+the state directory when none runs). Exit codes and error
 messages: exits.py, the one boundary both programs share.
 
 A preserve is named the same way everywhere: its ``id``, the issue sequence number
@@ -103,7 +109,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="say what would be written and run; change nothing"
     )
+    _add_backup_parsers(sub, common)
     return parser
+
+
+def _add_backup_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    def repo_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--repo", required=True, metavar="REPO", help="the backup repository")
+
+    p = sub.add_parser(
+        "backup",
+        parents=[common],
+        help="copy a frozen volume into a backup repository (deduplicated chunks)",
+    )
+    p.add_argument("lun", metavar="LUN")
+    p.add_argument(
+        "--preserve",
+        type=_preserve_id,
+        metavar="ID",
+        help="the preserve whose image to back up (default: the newest frozen one)",
+    )
+    repo_arg(p)
+    p = sub.add_parser(
+        "verify", parents=[common], help="check every chunk and image digest of backups"
+    )
+    repo_arg(p)
+    p.add_argument("backup", nargs="?", metavar="BACKUP", help="one backup id (default: all)")
+    p = sub.add_parser("restore", parents=[common], help="write a backup's image to a new file")
+    repo_arg(p)
+    p.add_argument("backup", metavar="BACKUP")
+    p.add_argument("--to", required=True, metavar="PATH", help="the file to write (must not exist)")
+    p = sub.add_parser(
+        "backups", parents=[common], help="the backups of a repository and its stored size"
+    )
+    repo_arg(p)
+
+
+def _preserve_id(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a preserve id: {text!r}")
+    return int(text)
 
 
 # words that are the shell's commands, not subcommands: ``targetcli-preserve ls`` runs
@@ -157,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         text = json.dumps(result, indent=2) + "\n" if args.json else render(args.command, result)
         sys.stdout.write(text)
         sys.stdout.flush()
+        if args.command == "verify" and not result["ok"]:
+            print(f"{PROG}: verify found corrupt backups", file=sys.stderr)
+            return ExitCode.FAILED
         return ExitCode.OK
 
     def json_error(err: BaseException, _code: ExitCode) -> None:
@@ -177,6 +225,8 @@ def _run(args: argparse.Namespace) -> Any:
         return request_create(args.state_dir, args.name, parse_size(args.size))
     if args.command == "luns":
         return request_luns(args.state_dir)
+    if args.command in ("backup", "verify", "restore", "backups"):
+        return run_backup_command(args)
     return request_locks(args.state_dir)
 
 
@@ -225,6 +275,22 @@ def request_luns(state_dir: str | Path | None) -> Any:
 def request_create(state_dir: str | Path | None, name: str, size: int) -> Any:
     """A new LUN served by the running daemon (built-in target): its ``luns`` entry."""
     return control.call(control_socket(state_dir), "create", name=name, size=size)
+
+
+def run_backup_command(args: argparse.Namespace) -> Any:
+    """The repository commands (backup/operations.py), run in this process."""
+    from .backup import operations  # zstandard and the volume API: for these alone
+
+    repo = Path(args.repo)
+    if args.command == "backup":
+        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+        image = operations.find_frozen(state_dir, args.lun, args.preserve)
+        return operations.backup(repo, image)
+    if args.command == "verify":
+        return operations.verify(repo, args.backup)
+    if args.command == "restore":
+        return operations.restore(repo, args.backup, Path(args.to))
+    return operations.list_backups(repo)
 
 
 def _install_system(args: argparse.Namespace) -> int:
@@ -354,6 +420,75 @@ def render_create(result: dict[str, Any]) -> str:
     return render_luns([result])
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def render_backup(result: dict[str, Any]) -> str:
+    return (
+        f"backup {result['id']}\n"
+        f"  LUN {result['lun']} generation {result['generation']}, "
+        f"preserve {preserve_text(result['preserve'])}\n"
+        f"  read {_size(result['bytes_read'])} in {result['chunks']} chunks "
+        f"({result['zero_chunks']} all zero)\n"
+        f"  stored {result['new_chunks']} new chunks, {_size(result['new_bytes_stored'])}; "
+        f"dedup ratio {_ratio_text(result['dedup_ratio'])}\n"
+    )
+
+
+def render_verify(result: dict[str, Any]) -> str:
+    if not result["backups"]:
+        return "no backups\n"
+    lines = []
+    for b in result["backups"]:
+        if b["ok"]:
+            lines.append(f"{b['id']}: OK ({b['chunks']} chunks)")
+            continue
+        lines.append(f"{b['id']}: CORRUPT")
+        for bad in b["bad_chunks"]:
+            lines.append(f"  chunk {bad['index']} {bad['digest']}: {bad['why']}")
+        if not b["bad_chunks"]:
+            lines.append("  the image does not match its digest")
+    return "\n".join(lines) + "\n"
+
+
+def render_restore(result: dict[str, Any]) -> str:
+    return (
+        f"restored {result['id']} to {result['to']}: {_size(result['size'])} "
+        f"({_size(result['bytes_written'])} written, {_size(result['holes'])} holes)\n"
+    )
+
+
+def render_backups(result: dict[str, Any]) -> str:
+    rows = [("ID", "LUN", "PRESERVE", "SEQ", "PRESERVE TIME", "SIZE", "CHUNKS")]
+    for b in result["backups"]:
+        rows.append(
+            (
+                b["id"],
+                b["lun"],
+                str(b["preserve"]["id"]),
+                str(b["preserve"]["seq"]),
+                b["preserve"]["time"],
+                _size(b["size"]),
+                f"{b['chunks']} ({b['zero_chunks']} zero)",
+            )
+        )
+    head = _table(rows) if result["backups"] else "no backups\n"
+    return head + (
+        f"repository {result['repository']}: {_size(result['logical_bytes'])} of images in "
+        f"{_size(result['stored_bytes'])} stored, dedup ratio "
+        f"{_ratio_text(result['dedup_ratio'])}\n"
+    )
+
+
 RENDERERS: dict[str, Callable[[Any], str]] = {
     "preserve": render_preserve,
     "status": render_status,
@@ -361,6 +496,10 @@ RENDERERS: dict[str, Callable[[Any], str]] = {
     "locks": render_locks,
     "luns": render_luns,
     "create": render_create,
+    "backup": render_backup,
+    "verify": render_verify,
+    "restore": render_restore,
+    "backups": render_backups,
 }
 
 
