@@ -24,6 +24,7 @@ from typing import Any
 
 from ._errors import BackendError
 from .boot import current_boot
+from .files import fsync_dir
 
 __all__ = ["Journal", "JournalCorrupt", "current_boot"]
 
@@ -106,7 +107,7 @@ class Journal:
         try:
             os.fsync(self._fd)
             if not self._new_file_synced:
-                _fsync_dir(self.path.parent)  # the journal's own directory entry
+                fsync_dir(self.path.parent)  # the journal's own directory entry
                 self._new_file_synced = True
         except OSError as err:
             raise BackendError(f"cannot sync journal {self.path}: {err.strerror}") from err
@@ -140,11 +141,3 @@ class Journal:
 
     def close(self) -> None:
         os.close(self._fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,19 +14,18 @@ nothing and says what it would do.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from ._errors import PreserveError
+from .files import atomic_write
 
 UNIT = "targetcli-preserved.service"
 DAEMON_PLACEHOLDER = "@DAEMON@"
@@ -119,29 +118,6 @@ def destination(dest: str, root: Path | None) -> Path:
     return Path(dest) if root is None else root / dest.lstrip("/")
 
 
-def write_atomically(path: Path, data: bytes, mode: int = MODE) -> None:
-    """Replace ``path`` with ``data`` in one rename: a reader sees the old file or
-    the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def is_current(path: Path, data: bytes, mode: int = MODE) -> bool:
     try:
         st = path.stat()
@@ -164,7 +140,8 @@ def install_files(
         elif dry_run:
             action = "would write"
         else:
-            write_atomically(path, data)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            atomic_write(path, data, MODE)
             action = "written"
         done.append(Installed(source, path, action))
     return done

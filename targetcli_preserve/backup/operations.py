@@ -23,10 +23,11 @@ from typing import Any
 
 from .. import control
 from .._errors import UserError
+from ..files import fsync_dir, tmp_path
 from ..statedir import check_state_dir, read_catalog
 from ..volumes.api import open_volume
 from .manifest import MANIFEST_FORMAT, Manifest
-from .repository import CorruptChunk, Repository, RepositoryError, fsync_dir, is_zero, tmp_path
+from .repository import CorruptChunk, Repository, RepositoryError, is_zero
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,12 +27,12 @@ from typing import Any
 import zstandard
 
 from .._errors import PreserveError, UserError
+from ..files import TMP_PREFIX, atomic_write, fsync_dir
 
 FORMAT_VERSION = 1
 CHUNK_SIZE = 4 << 20  # bytes; fixed for a repository, recorded in config.json and manifests
 RAW = 0
 ZSTD = 1
-TMP_PREFIX = ".tmp-"
 _ZSTD_LEVEL = 3
 
 
@@ -49,38 +47,6 @@ class CorruptChunk(RepositoryError):
         super().__init__(f"chunk {digest}: {why}")
         self.digest = digest
         self.why = why
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def tmp_path(final: Path) -> Path:
-    return final.parent / f"{TMP_PREFIX}{final.name}-{secrets.token_hex(4)}"
-
-
-def atomic_write(final: Path, data: bytes) -> None:
-    """Write ``final`` whole or not at all: temporary file, fsync, rename, dir fsync."""
-    tmp = tmp_path(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(final.parent)
 
 
 def is_zero(data: bytes) -> bool:

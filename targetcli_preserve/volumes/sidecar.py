@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from targetcli_preserve._errors import BackendError
+from targetcli_preserve.files import fsync_dir
 from targetcli_preserve.volumes.base import CloneStrategy
 
 META_VERSION = 1
@@ -113,14 +114,6 @@ class CloneMeta:
         if not isinstance(hydrated, bool):
             raise BackendError(f"{where}: field 'hydrated' must be true or false")
         return cls(strategy, Path(source), size, chunk_size, hydrated)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:
